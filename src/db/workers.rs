@@ -1,0 +1,335 @@
+use chrono::{DateTime, Utc};
+use futures::Stream;
+use futures::TryStreamExt;
+use serde_json::Value;
+use sqlx::{FromRow, PgConnection};
+
+use super::{Db, REGISTER_ATTEMPTS, retry_pause};
+use crate::domain::{ModelNumber, SerialNumber, WorkerStatus};
+
+/// The columns of a `WorkerRow`, for `concat!` into statements.
+macro_rules! worker_columns {
+    () => {
+        "worker_name, worker_type, family, generation, model_number, serial_number, api_url, \
+         user_id, metadata, status, deployed_at, status_changed_at, last_heartbeat_at, \
+         heartbeat_count"
+    };
+}
+
+/// A worker's current state.
+#[derive(Debug, Clone, FromRow)]
+pub struct WorkerRow {
+    pub worker_name: String,
+    pub worker_type: String,
+    pub family: String,
+    pub generation: i16,
+    pub model_number: String,
+    pub serial_number: String,
+    pub api_url: String,
+    pub user_id: String,
+    pub metadata: Value,
+    pub status: String,
+    pub deployed_at: DateTime<Utc>,
+    pub status_changed_at: DateTime<Utc>,
+    pub last_heartbeat_at: Option<DateTime<Utc>>,
+    pub heartbeat_count: i64,
+}
+
+/// What a registration stores.
+#[derive(Debug, Clone)]
+pub struct NewDeployment {
+    pub worker_name: String,
+    pub worker_type: String,
+    pub model: ModelNumber,
+    pub api_url: String,
+    pub user_id: String,
+    pub metadata: Value,
+}
+
+/// What a heartbeat found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HeartbeatOutcome {
+    Updated,
+    UnknownWorker,
+    Deregistered,
+    SerialMismatch { current: String },
+}
+
+/// Filters of the worker list; `None` matches everything. Without a status, deregistered
+/// workers are left out.
+#[derive(Debug, Clone, Default)]
+pub struct ListFilter {
+    pub status: Option<WorkerStatus>,
+    pub worker_type: Option<String>,
+    pub family: Option<String>,
+    pub user_id: Option<String>,
+    pub limit: Option<i64>,
+    pub offset: Option<i64>,
+}
+
+/// Orders of the worker list.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ListOrder {
+    /// Oldest deployment first (the default).
+    #[default]
+    DeployedAt,
+    /// Newest deployment first.
+    DeployedAtDesc,
+    Name,
+    NameDesc,
+}
+
+/// Worker counts for the status endpoint.
+#[derive(Debug, Clone, FromRow)]
+pub struct FleetCounts {
+    pub total: i64,
+    pub registered: i64,
+    pub active: i64,
+    pub stale: i64,
+    pub offline: i64,
+    pub deregistered: i64,
+    pub families: Vec<String>,
+}
+
+macro_rules! list_sql {
+    ($order:literal) => {
+        concat!(
+            "SELECT ",
+            worker_columns!(),
+            " FROM workers ",
+            "WHERE (($1::text IS NULL AND status <> 'deregistered') OR status = $1) ",
+            "AND ($2::text IS NULL OR worker_type = $2) ",
+            "AND ($3::text IS NULL OR family = $3) ",
+            "AND ($4::text IS NULL OR user_id = $4) ",
+            "ORDER BY ",
+            $order,
+            " LIMIT $5 OFFSET $6"
+        )
+    };
+}
+
+fn is_unique_violation(err: &sqlx::Error) -> bool {
+    matches!(err, sqlx::Error::Database(db) if db.is_unique_violation())
+}
+
+impl Db {
+    /// Registers a deployment: a new serial, the name's previous deployment closed, the worker
+    /// row (re)set to `registered`, and an event, all in one transaction. Retries when it
+    /// loses a race on a unique constraint (a serial collision or the same name at once).
+    pub async fn register(&self, new: &NewDeployment) -> Result<WorkerRow, sqlx::Error> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let mut tx = self.pool.begin().await?;
+            match register_once(&mut tx, new).await {
+                Ok(row) => {
+                    tx.commit().await?;
+                    return Ok(row);
+                }
+                Err(e) if is_unique_violation(&e) && attempt < REGISTER_ATTEMPTS => {
+                    tx.rollback().await?;
+                    tracing::debug!(attempt, error = %e, "registration raced; retrying");
+                    tokio::time::sleep(retry_pause(attempt)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Records a heartbeat (database time) when the worker exists, has not deregistered and,
+    /// when a serial is given, is still that deployment. One statement: the status change,
+    /// the heartbeat row and any event land together.
+    pub async fn heartbeat(
+        &self,
+        worker_name: &str,
+        serial_number: Option<&str>,
+    ) -> Result<HeartbeatOutcome, sqlx::Error> {
+        let row: Option<(String, String, bool)> = sqlx::query_as(
+            "WITH current AS (
+                 SELECT worker_name, serial_number, status FROM workers
+                 WHERE worker_name = $1 FOR UPDATE
+             ), beat AS (
+                 UPDATE workers w
+                 SET status = 'active',
+                     last_heartbeat_at = now(),
+                     heartbeat_count = w.heartbeat_count + 1,
+                     status_changed_at = CASE WHEN w.status = 'active'
+                                              THEN w.status_changed_at ELSE now() END
+                 FROM current c
+                 WHERE w.worker_name = c.worker_name
+                   AND c.status <> 'deregistered'
+                   AND ($2::text IS NULL OR c.serial_number = $2)
+                 RETURNING w.worker_name, w.serial_number, c.status AS from_status
+             ), logged AS (
+                 INSERT INTO heartbeats (worker_name, serial_number)
+                 SELECT worker_name, serial_number FROM beat
+             ), evented AS (
+                 INSERT INTO worker_events
+                     (worker_name, serial_number, kind, from_status, to_status, reason)
+                 SELECT worker_name, serial_number,
+                        CASE WHEN from_status = 'registered' THEN 'first_heartbeat'
+                             ELSE 'recovered' END,
+                        from_status, 'active', 'heartbeat received'
+                 FROM beat WHERE from_status <> 'active'
+             )
+             SELECT c.status, c.serial_number, EXISTS (SELECT 1 FROM beat) FROM current c",
+        )
+        .bind(worker_name)
+        .bind(serial_number)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(match row {
+            None => HeartbeatOutcome::UnknownWorker,
+            Some((_, _, true)) => HeartbeatOutcome::Updated,
+            Some((status, _, false)) if status == "deregistered" => HeartbeatOutcome::Deregistered,
+            Some((_, current, false)) => HeartbeatOutcome::SerialMismatch { current },
+        })
+    }
+
+    /// One worker by name, whatever its status.
+    pub async fn worker(&self, worker_name: &str) -> Result<Option<WorkerRow>, sqlx::Error> {
+        sqlx::query_as(concat!(
+            "SELECT ",
+            worker_columns!(),
+            " FROM workers WHERE worker_name = $1"
+        ))
+        .bind(worker_name)
+        .fetch_optional(&self.pool)
+        .await
+    }
+
+    /// Streams the workers that match, row by row, so the fleet is never held in memory.
+    pub fn list_workers(
+        &self,
+        filter: ListFilter,
+        order: ListOrder,
+    ) -> impl Stream<Item = Result<WorkerRow, sqlx::Error>> + Send + 'static {
+        let sql = match order {
+            ListOrder::DeployedAt => list_sql!("deployed_at, worker_name"),
+            ListOrder::DeployedAtDesc => list_sql!("deployed_at DESC, worker_name"),
+            ListOrder::Name => list_sql!("worker_name"),
+            ListOrder::NameDesc => list_sql!("worker_name DESC"),
+        };
+        let pool = self.pool.clone();
+        async_stream::try_stream! {
+            let mut rows = sqlx::query_as::<_, WorkerRow>(sql)
+                .bind(filter.status.map(WorkerStatus::as_str))
+                .bind(filter.worker_type)
+                .bind(filter.family)
+                .bind(filter.user_id)
+                .bind(filter.limit)
+                .bind(filter.offset)
+                .fetch(&pool);
+            while let Some(row) = rows.try_next().await? {
+                yield row;
+            }
+        }
+    }
+
+    /// Counts per status and the families of the registered (not deregistered) fleet.
+    pub async fn fleet_counts(&self) -> Result<FleetCounts, sqlx::Error> {
+        sqlx::query_as(
+            "SELECT count(*) FILTER (WHERE status <> 'deregistered') AS total,
+                    count(*) FILTER (WHERE status = 'registered') AS registered,
+                    count(*) FILTER (WHERE status = 'active') AS active,
+                    count(*) FILTER (WHERE status = 'stale') AS stale,
+                    count(*) FILTER (WHERE status = 'offline') AS offline,
+                    count(*) FILTER (WHERE status = 'deregistered') AS deregistered,
+                    coalesce(array_agg(DISTINCT family ORDER BY family)
+                             FILTER (WHERE status <> 'deregistered'), '{}') AS families
+             FROM workers",
+        )
+        .fetch_one(&self.pool)
+        .await
+    }
+}
+
+async fn register_once(
+    conn: &mut PgConnection,
+    new: &NewDeployment,
+) -> Result<WorkerRow, sqlx::Error> {
+    // The transaction's start time: the same value every now() below returns.
+    let now: DateTime<Utc> = sqlx::query_scalar("SELECT now()")
+        .fetch_one(&mut *conn)
+        .await?;
+    let previous: Option<String> =
+        sqlx::query_scalar("SELECT status FROM workers WHERE worker_name = $1 FOR UPDATE")
+            .bind(&new.worker_name)
+            .fetch_optional(&mut *conn)
+            .await?;
+    sqlx::query(
+        "UPDATE deployments SET ended_at = now(), end_reason = 're-registered'
+         WHERE worker_name = $1 AND ended_at IS NULL",
+    )
+    .bind(&new.worker_name)
+    .execute(&mut *conn)
+    .await?;
+
+    let serial = SerialNumber::generate(new.model.clone(), now).to_string();
+    let family = new.model.family.as_str();
+    let generation = i16::from(new.model.generation);
+    let model_number = new.model.to_string();
+    sqlx::query(
+        "INSERT INTO deployments (serial_number, worker_name, worker_type, family, generation,
+                                  model_number, api_url, user_id, metadata, deployed_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, now())",
+    )
+    .bind(&serial)
+    .bind(&new.worker_name)
+    .bind(&new.worker_type)
+    .bind(family)
+    .bind(generation)
+    .bind(&model_number)
+    .bind(&new.api_url)
+    .bind(&new.user_id)
+    .bind(&new.metadata)
+    .execute(&mut *conn)
+    .await?;
+
+    let row: WorkerRow = sqlx::query_as(concat!(
+        "INSERT INTO workers (worker_name, serial_number, worker_type, family, generation,
+                              model_number, api_url, user_id, metadata, status, deployed_at,
+                              status_changed_at, last_heartbeat_at, heartbeat_count)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'registered', now(), now(), NULL, 0)
+         ON CONFLICT (worker_name) DO UPDATE SET
+             serial_number = EXCLUDED.serial_number, worker_type = EXCLUDED.worker_type,
+             family = EXCLUDED.family, generation = EXCLUDED.generation,
+             model_number = EXCLUDED.model_number, api_url = EXCLUDED.api_url,
+             user_id = EXCLUDED.user_id, metadata = EXCLUDED.metadata, status = 'registered',
+             deployed_at = now(), status_changed_at = now(), last_heartbeat_at = NULL,
+             heartbeat_count = 0
+         RETURNING ",
+        worker_columns!()
+    ))
+    .bind(&new.worker_name)
+    .bind(&serial)
+    .bind(&new.worker_type)
+    .bind(family)
+    .bind(generation)
+    .bind(&model_number)
+    .bind(&new.api_url)
+    .bind(&new.user_id)
+    .bind(&new.metadata)
+    .fetch_one(&mut *conn)
+    .await?;
+
+    let (kind, reason) = match &previous {
+        None => ("registered", "registered"),
+        Some(_) => (
+            "re_registered",
+            "registered again; previous deployment closed",
+        ),
+    };
+    sqlx::query(
+        "INSERT INTO worker_events (worker_name, serial_number, kind, from_status, to_status, reason)
+         VALUES ($1, $2, $3, $4, 'registered', $5)",
+    )
+    .bind(&new.worker_name)
+    .bind(&serial)
+    .bind(kind)
+    .bind(previous)
+    .bind(reason)
+    .execute(&mut *conn)
+    .await?;
+    Ok(row)
+}

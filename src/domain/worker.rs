@@ -1,0 +1,139 @@
+use std::fmt;
+use std::str::FromStr;
+
+/// Where a worker is in its lifecycle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum WorkerStatus {
+    Registered,
+    Active,
+    Stale,
+    Offline,
+    Deregistered,
+}
+
+impl WorkerStatus {
+    pub const ALL: [WorkerStatus; 5] = [
+        WorkerStatus::Registered,
+        WorkerStatus::Active,
+        WorkerStatus::Stale,
+        WorkerStatus::Offline,
+        WorkerStatus::Deregistered,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WorkerStatus::Registered => "registered",
+            WorkerStatus::Active => "active",
+            WorkerStatus::Stale => "stale",
+            WorkerStatus::Offline => "offline",
+            WorkerStatus::Deregistered => "deregistered",
+        }
+    }
+}
+
+impl FromStr for WorkerStatus {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        WorkerStatus::ALL
+            .into_iter()
+            .find(|status| status.as_str() == s)
+            .ok_or_else(|| {
+                "must be one of registered, active, stale, offline, deregistered".to_string()
+            })
+    }
+}
+
+impl fmt::Display for WorkerStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Path segments under `/api/workers/` that are routes, so no worker may be named so.
+const RESERVED_NAMES: [&str; 7] = [
+    "list",
+    "status",
+    "register",
+    "heartbeat",
+    "models",
+    "events",
+    "liveness",
+];
+
+fn text_rule(value: &str, max: usize) -> Result<(), String> {
+    let len = value.chars().count();
+    if len == 0 || len > max {
+        return Err(format!("must be 1-{max} characters (got {len})"));
+    }
+    if value.chars().any(char::is_control) {
+        return Err("must not contain control characters".to_string());
+    }
+    Ok(())
+}
+
+/// A worker name: 1-128 characters, no control characters, not a route of the API.
+pub fn validate_worker_name(name: &str) -> Result<(), String> {
+    text_rule(name, 128)?;
+    if RESERVED_NAMES.contains(&name) || name == "." || name == ".." {
+        return Err(format!(
+            "{name:?} is reserved by the API and cannot name a worker"
+        ));
+    }
+    Ok(())
+}
+
+/// A worker type as sent at registration: 1-128 characters, no control characters.
+pub fn validate_worker_type(worker_type: &str) -> Result<(), String> {
+    text_rule(worker_type, 128)
+}
+
+/// A user id: 1-128 characters, no control characters.
+pub fn validate_user_id(user_id: &str) -> Result<(), String> {
+    text_rule(user_id, 128)
+}
+
+/// An `api_url`: an absolute http or https URL with a host, at most 2048 characters.
+pub fn validate_api_url(api_url: &str) -> Result<(), String> {
+    let rule = "must be an http:// or https:// URL with a host, at most 2048 characters";
+    if api_url.chars().count() > 2048 || api_url.chars().any(char::is_control) {
+        return Err(rule.to_string());
+    }
+    match url::Url::parse(api_url) {
+        Ok(url) if matches!(url.scheme(), "http" | "https") && url.host().is_some() => Ok(()),
+        _ => Err(rule.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        assert!(validate_worker_name("Josephine-user_123").is_ok());
+        assert!(validate_worker_name("a/b c?d#é").is_ok());
+        assert!(validate_worker_name("").is_err());
+        assert!(validate_worker_name(&"x".repeat(129)).is_err());
+        assert!(validate_worker_name(&"é".repeat(128)).is_ok());
+        assert!(validate_worker_name("bad\nname").is_err());
+        assert!(validate_worker_name("list").is_err());
+    }
+
+    #[test]
+    fn urls() {
+        assert!(validate_api_url("http://localhost:8080").is_ok());
+        assert!(validate_api_url("https://w.example/x").is_ok());
+        assert!(validate_api_url("ftp://x").is_err());
+        assert!(validate_api_url("localhost:8080").is_err());
+        assert!(validate_api_url(&format!("http://h/{}", "a".repeat(2048))).is_err());
+    }
+
+    #[test]
+    fn statuses_round_trip() {
+        for s in WorkerStatus::ALL {
+            assert_eq!(s.as_str().parse::<WorkerStatus>().unwrap(), s);
+        }
+        assert!("dead".parse::<WorkerStatus>().is_err());
+    }
+}

@@ -1,0 +1,162 @@
+//! One error type for the HTTP API: every error is a JSON object with a stable `error` code
+//! and a human `message`. Server faults are logged, never echoed.
+
+use axum::Json;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+
+/// Seconds a client is asked to wait when the database is unreachable.
+const RETRY_AFTER_SECS: &str = "5";
+
+/// Everything an API request can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("request body is not valid JSON: {0}")]
+    MalformedJson(String),
+    #[error("{field}: {rule}")]
+    Validation { field: String, rule: String },
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("no worker named {0:?} is registered; register it with POST /api/workers/register")]
+    WorkerNotFound(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("worker {0:?} has deregistered; register it again with POST /api/workers/register")]
+    WorkerDeregistered(String),
+    #[error(
+        "serial_number {sent} is not the current deployment of {worker:?} ({current}); \
+         a newer deployment of this name exists"
+    )]
+    SerialMismatch {
+        worker: String,
+        current: String,
+        sent: String,
+    },
+    #[error("{message}")]
+    Conflict { code: &'static str, message: String },
+    #[error("request body is larger than the limit of 64 KiB")]
+    PayloadTooLarge,
+    #[error("method not allowed on this path")]
+    MethodNotAllowed,
+    #[error("the database is unreachable; retry shortly")]
+    DatabaseUnavailable,
+    #[error("{0}")]
+    NotReady(String),
+    #[error("the request took too long; retry shortly")]
+    Timeout,
+    #[error("internal error")]
+    Internal(#[source] anyhow::Error),
+}
+
+impl ApiError {
+    /// A 422 naming the field and the rule it broke.
+    pub fn validation(field: impl Into<String>, rule: impl Into<String>) -> Self {
+        ApiError::Validation {
+            field: field.into(),
+            rule: rule.into(),
+        }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::MalformedJson(_) | ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::Validation { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::WorkerNotFound(_) | ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::WorkerDeregistered(_) => StatusCode::GONE,
+            ApiError::SerialMismatch { .. } | ApiError::Conflict { .. } => StatusCode::CONFLICT,
+            ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::DatabaseUnavailable | ApiError::NotReady(_) | ApiError::Timeout => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The stable, machine-readable code of the error.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApiError::MalformedJson(_) => "malformed_json",
+            ApiError::Validation { .. } => "validation_failed",
+            ApiError::BadRequest(_) => "bad_request",
+            ApiError::WorkerNotFound(_) => "worker_not_found",
+            ApiError::NotFound(_) => "not_found",
+            ApiError::WorkerDeregistered(_) => "worker_deregistered",
+            ApiError::SerialMismatch { .. } => "serial_mismatch",
+            ApiError::Conflict { code, .. } => code,
+            ApiError::PayloadTooLarge => "payload_too_large",
+            ApiError::MethodNotAllowed => "method_not_allowed",
+            ApiError::DatabaseUnavailable => "database_unavailable",
+            ApiError::NotReady(_) => "not_ready",
+            ApiError::Timeout => "timeout",
+            ApiError::Internal(_) => "internal_error",
+        }
+    }
+
+    fn body(&self) -> Value {
+        let mut body = json!({ "error": self.code(), "message": self.to_string() });
+        match self {
+            ApiError::Validation { field, rule } => {
+                body["field"] = json!(field);
+                body["rule"] = json!(rule);
+            }
+            ApiError::WorkerNotFound(name) | ApiError::WorkerDeregistered(name) => {
+                body["worker"] = json!(name);
+            }
+            ApiError::SerialMismatch {
+                worker,
+                current,
+                sent,
+            } => {
+                body["worker"] = json!(worker);
+                body["current_serial_number"] = json!(current);
+                body["serial_number"] = json!(sent);
+            }
+            _ => {}
+        }
+        body
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        match &self {
+            ApiError::Internal(err) => tracing::error!(error = ?err, "request failed"),
+            ApiError::DatabaseUnavailable => tracing::warn!("request failed: database unreachable"),
+            _ => {}
+        }
+        let mut response = (self.status(), Json(self.body())).into_response();
+        if self.status() == StatusCode::SERVICE_UNAVAILABLE {
+            response.headers_mut().insert(
+                header::RETRY_AFTER,
+                HeaderValue::from_static(RETRY_AFTER_SECS),
+            );
+        }
+        response
+    }
+}
+
+impl From<sqlx::Error> for ApiError {
+    fn from(err: sqlx::Error) -> Self {
+        if is_unavailable(&err) {
+            ApiError::DatabaseUnavailable
+        } else {
+            ApiError::Internal(err.into())
+        }
+    }
+}
+
+/// Whether the error means the database could not be reached (as opposed to a bad statement).
+pub fn is_unavailable(err: &sqlx::Error) -> bool {
+    match err {
+        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => true,
+        sqlx::Error::Tls(_) | sqlx::Error::WorkerCrashed => true,
+        // Admin shutdown, crash shutdown, cannot connect now, too many connections.
+        sqlx::Error::Database(db) => matches!(
+            db.code().as_deref(),
+            Some("57P01" | "57P02" | "57P03" | "53300" | "08000" | "08003" | "08006")
+        ),
+        _ => false,
+    }
+}

@@ -1,0 +1,62 @@
+//! The HTTP layer: routers per resource, merged here, and the extractors that turn bad input
+//! into clear JSON errors.
+
+mod extract;
+mod health;
+mod views;
+mod workers;
+
+use std::sync::Arc;
+
+use axum::error_handling::HandleErrorLayer;
+use axum::extract::DefaultBodyLimit;
+use axum::response::IntoResponse;
+use axum::{BoxError, Router};
+use tower::ServiceBuilder;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::trace::TraceLayer;
+
+pub use extract::{ApiPath, ApiQuery, JsonBody};
+
+use crate::db::Db;
+use crate::error::ApiError;
+use crate::settings::{Settings, secs};
+
+/// Largest request body accepted.
+pub const BODY_LIMIT_BYTES: usize = 64 * 1024;
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    pub db: Db,
+    pub settings: Arc<Settings>,
+}
+
+/// The whole HTTP application.
+pub fn router(state: AppState) -> Router {
+    let timeout = secs(state.settings.server.request_timeout_secs);
+    Router::new()
+        .merge(health::router())
+        .merge(workers::router())
+        .fallback(|| async { ApiError::NotFound("no such endpoint".to_string()) })
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        .with_state(state)
+        .layer(DefaultBodyLimit::max(BODY_LIMIT_BYTES))
+        .layer(
+            ServiceBuilder::new()
+                .layer(CatchPanicLayer::custom(|_| {
+                    ApiError::Internal(anyhow::anyhow!("handler panicked")).into_response()
+                }))
+                .layer(TraceLayer::new_for_http())
+                .layer(HandleErrorLayer::new(timeout_error))
+                .timeout(timeout),
+        )
+}
+
+async fn timeout_error(err: BoxError) -> ApiError {
+    if err.is::<tower::timeout::error::Elapsed>() {
+        ApiError::Timeout
+    } else {
+        ApiError::Internal(anyhow::anyhow!(err))
+    }
+}

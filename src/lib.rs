@@ -1,0 +1,86 @@
+//! DALS Registry: the production worker registry on PostgreSQL.
+
+pub mod db;
+pub mod domain;
+pub mod error;
+pub mod http;
+pub mod settings;
+pub mod telemetry;
+pub mod verify;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+
+use crate::db::Db;
+use crate::http::AppState;
+use crate::settings::Settings;
+
+/// Connects to the database, applies migrations and serves on `listener` until `shutdown`
+/// resolves; in-flight requests then get `shutdown_timeout_secs` to finish.
+pub async fn launch(
+    settings: Settings,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let db = Db::connect(&settings.database).await?;
+    db.migrate().await?;
+    launch_with_db(settings, db, listener, shutdown).await
+}
+
+/// Serves with an already connected and migrated database.
+pub async fn launch_with_db(
+    settings: Settings,
+    db: Db,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let settings = Arc::new(settings);
+    let state = AppState {
+        db: db.clone(),
+        settings: settings.clone(),
+    };
+    let addr = listener
+        .local_addr()
+        .context("reading the listen address")?;
+    tracing::info!(%addr, "DALS registry listening");
+    let server = axum::serve(listener, http::router(state)).with_graceful_shutdown(shutdown);
+    server.await.context("serving HTTP")?;
+    db.close().await;
+    tracing::info!("DALS registry stopped");
+    Ok(())
+}
+
+/// Binds the configured address and serves until Ctrl-C or SIGTERM.
+pub async fn serve(settings: Settings) -> anyhow::Result<()> {
+    let addr = settings.listen_addr();
+    let listener = TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr}; set DALS_SERVER__PORT or --port"))?;
+    launch(settings, listener, shutdown_signal()).await
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+    tracing::info!("shutdown requested");
+}
