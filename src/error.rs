@@ -152,11 +152,14 @@ pub fn is_unavailable(err: &sqlx::Error) -> bool {
     match err {
         sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => true,
         sqlx::Error::Tls(_) | sqlx::Error::WorkerCrashed => true,
-        // Admin shutdown, crash shutdown, cannot connect now, too many connections.
-        sqlx::Error::Database(db) => matches!(
-            db.code().as_deref(),
-            Some("57P01" | "57P02" | "57P03" | "53300" | "08000" | "08003" | "08006")
-        ),
+        // Connection failures, shutdowns, too many connections, the database gone or closed
+        // to connections.
+        sqlx::Error::Database(db) => match db.code().as_deref() {
+            Some(code) if code.starts_with("08") || code.starts_with("57P") => true,
+            Some("53300" | "3D000") => true,
+            Some("55000") => db.message().contains("not currently accepting connections"),
+            _ => false,
+        },
         _ => false,
     }
 }

@@ -151,25 +151,28 @@ impl Db {
              ), beat AS (
                  UPDATE workers w
                  SET status = 'active',
-                     last_heartbeat_at = now(),
+                     -- Read after the row lock, so it never precedes a registration that
+                     -- held the lock.
+                     last_heartbeat_at = t.at,
                      heartbeat_count = w.heartbeat_count + 1,
                      status_changed_at = CASE WHEN w.status = 'active'
-                                              THEN w.status_changed_at ELSE now() END
-                 FROM current c
+                                              THEN w.status_changed_at ELSE t.at END
+                 FROM current c, LATERAL (SELECT clock_timestamp() AS at) t
                  WHERE w.worker_name = c.worker_name
                    AND c.status <> 'deregistered'
                    AND ($2::text IS NULL OR c.serial_number = $2)
-                 RETURNING w.worker_name, w.serial_number, c.status AS from_status
+                 RETURNING w.worker_name, w.serial_number, c.status AS from_status,
+                           w.last_heartbeat_at AS at
              ), logged AS (
-                 INSERT INTO heartbeats (worker_name, serial_number)
-                 SELECT worker_name, serial_number FROM beat
+                 INSERT INTO heartbeats (worker_name, serial_number, received_at)
+                 SELECT worker_name, serial_number, at FROM beat
              ), evented AS (
                  INSERT INTO worker_events
-                     (worker_name, serial_number, kind, from_status, to_status, reason)
+                     (worker_name, serial_number, kind, from_status, to_status, reason, at)
                  SELECT worker_name, serial_number,
                         CASE WHEN from_status = 'registered' THEN 'first_heartbeat'
                              ELSE 'recovered' END,
-                        from_status, 'active', 'heartbeat received'
+                        from_status, 'active', 'heartbeat received', at
                  FROM beat WHERE from_status <> 'active'
              )
              SELECT c.status, c.serial_number, EXISTS (SELECT 1 FROM beat) FROM current c",
@@ -248,20 +251,22 @@ async fn register_once(
     conn: &mut PgConnection,
     new: &NewDeployment,
 ) -> Result<WorkerRow, sqlx::Error> {
-    // The transaction's start time: the same value every now() below returns.
-    let now: DateTime<Utc> = sqlx::query_scalar("SELECT now()")
-        .fetch_one(&mut *conn)
-        .await?;
+    // Lock the name first, then read the clock: a registration that waited for another one
+    // of the same name is stamped after it.
     let previous: Option<String> =
         sqlx::query_scalar("SELECT status FROM workers WHERE worker_name = $1 FOR UPDATE")
             .bind(&new.worker_name)
             .fetch_optional(&mut *conn)
             .await?;
+    let now: DateTime<Utc> = sqlx::query_scalar("SELECT clock_timestamp()")
+        .fetch_one(&mut *conn)
+        .await?;
     sqlx::query(
-        "UPDATE deployments SET ended_at = now(), end_reason = 're-registered'
+        "UPDATE deployments SET ended_at = greatest($2, deployed_at), end_reason = 're-registered'
          WHERE worker_name = $1 AND ended_at IS NULL",
     )
     .bind(&new.worker_name)
+    .bind(now)
     .execute(&mut *conn)
     .await?;
 
@@ -272,7 +277,7 @@ async fn register_once(
     sqlx::query(
         "INSERT INTO deployments (serial_number, worker_name, worker_type, family, generation,
                                   model_number, api_url, user_id, metadata, deployed_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, now())",
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
     )
     .bind(&serial)
     .bind(&new.worker_name)
@@ -283,6 +288,7 @@ async fn register_once(
     .bind(&new.api_url)
     .bind(&new.user_id)
     .bind(&new.metadata)
+    .bind(now)
     .execute(&mut *conn)
     .await?;
 
@@ -290,13 +296,13 @@ async fn register_once(
         "INSERT INTO workers (worker_name, serial_number, worker_type, family, generation,
                               model_number, api_url, user_id, metadata, status, deployed_at,
                               status_changed_at, last_heartbeat_at, heartbeat_count)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'registered', now(), now(), NULL, 0)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'registered', $10, $10, NULL, 0)
          ON CONFLICT (worker_name) DO UPDATE SET
              serial_number = EXCLUDED.serial_number, worker_type = EXCLUDED.worker_type,
              family = EXCLUDED.family, generation = EXCLUDED.generation,
              model_number = EXCLUDED.model_number, api_url = EXCLUDED.api_url,
              user_id = EXCLUDED.user_id, metadata = EXCLUDED.metadata, status = 'registered',
-             deployed_at = now(), status_changed_at = now(), last_heartbeat_at = NULL,
+             deployed_at = $10, status_changed_at = $10, last_heartbeat_at = NULL,
              heartbeat_count = 0
          RETURNING ",
         worker_columns!()
@@ -310,6 +316,7 @@ async fn register_once(
     .bind(&new.api_url)
     .bind(&new.user_id)
     .bind(&new.metadata)
+    .bind(now)
     .fetch_one(&mut *conn)
     .await?;
 
@@ -321,14 +328,16 @@ async fn register_once(
         ),
     };
     sqlx::query(
-        "INSERT INTO worker_events (worker_name, serial_number, kind, from_status, to_status, reason)
-         VALUES ($1, $2, $3, $4, 'registered', $5)",
+        "INSERT INTO worker_events
+             (worker_name, serial_number, kind, from_status, to_status, reason, at)
+         VALUES ($1, $2, $3, $4, 'registered', $5, $6)",
     )
     .bind(&new.worker_name)
     .bind(&serial)
     .bind(kind)
     .bind(previous)
     .bind(reason)
+    .bind(now)
     .execute(&mut *conn)
     .await?;
     Ok(row)

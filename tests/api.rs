@@ -1,0 +1,556 @@
+//! The design document's API, end to end over HTTP against a real PostgreSQL.
+
+mod common;
+
+use common::{TestApp, encode, json};
+use serde_json::{Value, json};
+
+fn is_serial_of(serial: &str, model: &str) -> bool {
+    let Some(rest) = serial.strip_prefix(model).and_then(|r| r.strip_prefix('-')) else {
+        return false;
+    };
+    let parts: Vec<&str> = rest.split('-').collect();
+    parts.len() == 2
+        && parts[0].len() == 8
+        && parts[1].len() == 5
+        && rest
+            .chars()
+            .all(|c| c == '-' || c.is_ascii_digit() || ('A'..='F').contains(&c))
+}
+
+#[tokio::test]
+async fn registration_answers_with_the_documents_fields() {
+    let app = TestApp::spawn().await;
+    let before = chrono::Utc::now().timestamp_millis() as f64 / 1000.0;
+    let w = app.register("Josephine-01", "truemark").await;
+    let after = chrono::Utc::now().timestamp_millis() as f64 / 1000.0;
+
+    for field in [
+        "worker_name", "worker_type", "model_number", "serial_number", "api_url", "user_id",
+        "deployed_at", "deployed_iso", "status", "heartbeat",
+    ] {
+        assert!(w.get(field).is_some(), "missing {field} in {w}");
+    }
+    assert_eq!(w["worker_name"], "Josephine-01");
+    assert_eq!(w["worker_type"], "truemark");
+    assert_eq!(w["model_number"], "DMN-TM-01");
+    assert_eq!(w["api_url"], "http://localhost:8080");
+    assert_eq!(w["user_id"], "user_123");
+    assert_eq!(w["status"], "registered");
+    assert_eq!(w["heartbeat"], Value::Null);
+    assert_eq!(w["warnings"], json!([]));
+    let serial = w["serial_number"].as_str().unwrap();
+    assert!(is_serial_of(serial, "DMN-TM-01"), "{serial}");
+
+    let deployed_at = w["deployed_at"].as_f64().unwrap();
+    assert!(deployed_at >= before - 2.0 && deployed_at <= after + 2.0);
+    let iso = w["deployed_iso"].as_str().unwrap();
+    assert!(iso.ends_with('Z'), "{iso}");
+    let parsed = chrono::DateTime::parse_from_rfc3339(iso).unwrap();
+    assert!((parsed.timestamp_millis() as f64 / 1000.0 - deployed_at).abs() < 0.001);
+
+    // The counter is the deployment's Unix second modulo 2^20, from the database clock.
+    let counter = u32::from_str_radix(&serial[serial.len() - 5..], 16).unwrap();
+    assert_eq!(counter as i64, (deployed_at.floor() as i64) % (1 << 20));
+
+    // Stored: one open deployment and a `registered` event.
+    let (open,): (i64,) = sqlx::query_as(
+        "SELECT count(*) FROM deployments WHERE worker_name = 'Josephine-01' AND ended_at IS NULL",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(open, 1);
+    let kinds: Vec<String> =
+        sqlx::query_scalar("SELECT kind FROM worker_events WHERE worker_name = 'Josephine-01'")
+            .fetch_all(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(kinds, ["registered"]);
+}
+
+#[tokio::test]
+async fn heartbeat_makes_a_worker_active_and_is_recorded() {
+    let app = TestApp::spawn().await;
+    let w = app.register("Josephine-01", "truemark").await;
+    let r = app
+        .post("/api/workers/heartbeat", &json!({ "worker_name": "Josephine-01" }))
+        .await;
+    assert_eq!(
+        json(r, 200).await,
+        json!({ "status": "updated", "worker": "Josephine-01" })
+    );
+    let got = app.worker("Josephine-01").await;
+    assert_eq!(got["status"], "active");
+    assert_eq!(got["heartbeat_count"], 1);
+    let beat = got["heartbeat"].as_f64().expect("heartbeat epoch seconds");
+    assert!(beat >= w["deployed_at"].as_f64().unwrap());
+    assert!(got["last_heartbeat_iso"].as_str().unwrap().ends_with('Z'));
+
+    assert_eq!(app.heartbeat("Josephine-01").await, 200);
+    assert_eq!(app.worker("Josephine-01").await["heartbeat_count"], 2);
+    let rows: (i64,) = sqlx::query_as("SELECT count(*) FROM heartbeats WHERE worker_name = $1")
+        .bind("Josephine-01")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(rows.0, 2);
+    let kinds: Vec<String> = sqlx::query_scalar(
+        "SELECT kind FROM worker_events WHERE worker_name = 'Josephine-01' ORDER BY id",
+    )
+    .fetch_all(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(kinds, ["registered", "first_heartbeat"]);
+}
+
+#[tokio::test]
+async fn heartbeat_never_creates_a_worker() {
+    let app = TestApp::spawn().await;
+    let r = app
+        .post("/api/workers/heartbeat", &json!({ "worker_name": "ghost" }))
+        .await;
+    let body = json(r, 404).await;
+    assert_eq!(body["error"], "worker_not_found");
+    assert!(body["message"].as_str().unwrap().contains("ghost"));
+    assert_eq!(app.get("/api/workers/ghost").await.status(), 404);
+    let n: (i64,) = sqlx::query_as("SELECT count(*) FROM workers")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(n.0, 0);
+}
+
+#[tokio::test]
+async fn a_heartbeat_from_an_old_deployment_is_refused_and_changes_nothing() {
+    let app = TestApp::spawn().await;
+    let old = app.register("w1", "regent").await;
+    let new = app.register("w1", "regent").await;
+    let old_serial = old["serial_number"].as_str().unwrap();
+    let new_serial = new["serial_number"].as_str().unwrap();
+    assert_ne!(old_serial, new_serial);
+
+    let r = app
+        .post(
+            "/api/workers/heartbeat",
+            &json!({ "worker_name": "w1", "serial_number": old_serial }),
+        )
+        .await;
+    let body = json(r, 409).await;
+    assert_eq!(body["error"], "serial_mismatch");
+    assert_eq!(body["current_serial_number"], new_serial);
+    let w = app.worker("w1").await;
+    assert_eq!(w["status"], "registered");
+    assert_eq!(w["heartbeat_count"], 0);
+
+    let r = app
+        .post(
+            "/api/workers/heartbeat",
+            &json!({ "worker_name": "w1", "serial_number": new_serial }),
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(app.worker("w1").await["status"], "active");
+}
+
+#[tokio::test]
+async fn re_registering_starts_a_new_deployment_and_keeps_the_old_one() {
+    let app = TestApp::spawn().await;
+    let first = app.register("w1", "truemark").await;
+    assert_eq!(app.heartbeat("w1").await, 200);
+    let second = app.register("w1", "truemark-v2").await;
+    assert_eq!(second["model_number"], "DMN-TM-02");
+    assert_eq!(second["status"], "registered");
+    assert_eq!(second["heartbeat"], Value::Null);
+    assert_eq!(second["heartbeat_count"], 0);
+
+    let rows: Vec<(String, Option<String>)> = sqlx::query_as(
+        "SELECT serial_number, end_reason FROM deployments WHERE worker_name = 'w1'
+         ORDER BY deployed_at",
+    )
+    .fetch_all(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(rows.len(), 2);
+    assert_eq!(rows[0].0, first["serial_number"].as_str().unwrap());
+    assert_eq!(rows[0].1.as_deref(), Some("re-registered"));
+    assert_eq!(rows[1].0, second["serial_number"].as_str().unwrap());
+    assert_eq!(rows[1].1, None);
+    let kinds: Vec<String> =
+        sqlx::query_scalar("SELECT kind FROM worker_events WHERE worker_name = 'w1' ORDER BY id")
+            .fetch_all(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(kinds, ["registered", "first_heartbeat", "re_registered"]);
+}
+
+#[tokio::test]
+async fn list_filters_and_sorts() {
+    let app = TestApp::spawn().await;
+    app.register("tm-a", "truemark").await;
+    app.register("rg-b", "regent").await;
+    app.register("bb-c", "bubble").await;
+    app.heartbeat("rg-b").await;
+
+    let all = json(app.get("/api/workers/list").await, 200).await;
+    let names: Vec<&str> = all
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["worker_name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["tm-a", "rg-b", "bb-c"], "oldest deployment first");
+
+    let names_of = |v: Value| -> Vec<String> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|w| w["worker_name"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let q = |p: &'static str| app.get(p);
+    assert_eq!(names_of(json(q("/api/workers/list?status=active").await, 200).await), ["rg-b"]);
+    assert_eq!(names_of(json(q("/api/workers/list?family=BB").await, 200).await), ["bb-c"]);
+    assert_eq!(
+        names_of(json(q("/api/workers/list?worker_type=truemark").await, 200).await),
+        ["tm-a"]
+    );
+    assert_eq!(names_of(json(q("/api/workers/list?user_id=nobody").await, 200).await), Vec::<String>::new());
+    assert_eq!(
+        names_of(json(q("/api/workers/list?sort=-deployed_at").await, 200).await),
+        ["bb-c", "rg-b", "tm-a"]
+    );
+    assert_eq!(
+        names_of(json(q("/api/workers/list?sort=name&limit=2").await, 200).await),
+        ["bb-c", "rg-b"]
+    );
+    assert_eq!(
+        names_of(json(q("/api/workers/list?sort=name&limit=2&offset=2").await, 200).await),
+        ["tm-a"]
+    );
+
+    for (path, field) in [
+        ("/api/workers/list?status=dead", "status"),
+        ("/api/workers/list?family=tm", "family"),
+        ("/api/workers/list?sort=random", "sort"),
+        ("/api/workers/list?limit=0", "limit"),
+        ("/api/workers/list?limit=abc", "query"),
+    ] {
+        let body = json(app.get(path).await, 422).await;
+        assert_eq!(body["field"], field, "{path}: {body}");
+    }
+}
+
+#[tokio::test]
+async fn every_accepted_name_is_retrievable() {
+    let app = TestApp::spawn().await;
+    for name in [
+        "a/b",
+        "with space",
+        "q?x=1#frag",
+        "pct%2Fsign",
+        "ünïcödé-名前",
+        "...",
+        &"n".repeat(128),
+    ] {
+        let w = app.register(name, "truemark").await;
+        assert_eq!(w["worker_name"], name);
+        assert_eq!(app.worker(name).await["worker_name"], name);
+        assert_eq!(app.heartbeat(name).await, 200, "{name}");
+    }
+    for reserved in ["list", "status", "register", "heartbeat", "models", ".", ".."] {
+        let r = app
+            .post(
+                "/api/workers/register",
+                &json!({"name": reserved, "worker_type": "truemark",
+                        "api_url": "http://h", "user_id": "u"}),
+            )
+            .await;
+        assert_eq!(json(r, 422).await["field"], "name", "{reserved}");
+    }
+    assert_eq!(
+        app.get(&format!("/api/workers/{}", encode("no such"))).await.status(),
+        404
+    );
+}
+
+#[tokio::test]
+async fn status_counts_and_families() {
+    let app = TestApp::spawn().await;
+    let empty = json(app.get("/api/workers/status").await, 200).await;
+    assert_eq!(empty["available"], true);
+    assert_eq!(empty["total_workers"], 0);
+    assert_eq!(empty["model_families"], json!([]));
+
+    app.register("a", "truemark").await;
+    app.register("b", "regent").await;
+    app.register("c", "bubble").await;
+    app.register("d", "regent-pro").await;
+    app.heartbeat("a").await;
+    app.heartbeat("b").await;
+    let s = json(app.get("/api/workers/status").await, 200).await;
+    assert_eq!(s["total_workers"], 4);
+    assert_eq!(s["active_workers"], 2);
+    assert_eq!(s["model_families"], json!(["BB", "RG", "TM"]));
+    assert_eq!(s["counts"]["registered"], 2);
+    assert_eq!(s["counts"]["active"], 2);
+}
+
+#[tokio::test]
+async fn catalog_is_the_documents() {
+    let app = TestApp::spawn().await;
+    let c = json(app.get("/api/workers/models/catalog").await, 200).await;
+    assert_eq!(
+        c,
+        json!({
+            "truemark": "DMN-TM-01", "truemark-v2": "DMN-TM-02",
+            "regent": "DMN-RG-01", "regent-pro": "DMN-RG-02",
+            "goat": "DMN-GT-01", "skg": "DMN-SK-01", "bubble": "DMN-BB-01",
+            "generic": "DMN-GN-01",
+        })
+    );
+}
+
+#[tokio::test]
+async fn unknown_worker_types_register_as_generic_with_a_warning() {
+    let app = TestApp::spawn().await;
+    let w = app.register("x", "new-worker-type").await;
+    assert_eq!(w["model_number"], "DMN-GN-01");
+    assert_eq!(w["worker_type"], "new-worker-type");
+    assert!(is_serial_of(w["serial_number"].as_str().unwrap(), "DMN-GN-01"));
+    let warnings = w["warnings"].as_array().unwrap();
+    assert_eq!(warnings.len(), 1);
+    assert!(warnings[0].as_str().unwrap().contains("new-worker-type"));
+}
+
+#[tokio::test]
+async fn unknown_worker_types_can_be_refused() {
+    let app = TestApp::spawn_with(|s| s.registry.reject_unknown_worker_types = true).await;
+    let r = app
+        .post(
+            "/api/workers/register",
+            &json!({"name": "x", "worker_type": "nope", "api_url": "http://h", "user_id": "u"}),
+        )
+        .await;
+    let body = json(r, 422).await;
+    assert_eq!(body["field"], "worker_type");
+    assert_eq!(app.get("/api/workers/x").await.status(), 404);
+    app.register("y", "goat").await;
+}
+
+#[tokio::test]
+async fn bad_input_gets_clear_json_errors() {
+    let app = TestApp::spawn().await;
+    let valid = json!({"name": "n", "worker_type": "truemark",
+                       "api_url": "http://localhost:8080", "user_id": "u"});
+    let with = |field: &str, value: Value| {
+        let mut body = valid.clone();
+        if value.is_null() {
+            body.as_object_mut().unwrap().remove(field);
+        } else {
+            body[field] = value;
+        }
+        body
+    };
+    let cases = [
+        (with("name", Value::Null), "name", "is required"),
+        (with("worker_type", Value::Null), "worker_type", "is required"),
+        (with("api_url", Value::Null), "api_url", "is required"),
+        (with("user_id", Value::Null), "user_id", "is required"),
+        (with("name", json!("")), "name", "1-128"),
+        (with("name", json!("x".repeat(129))), "name", "1-128"),
+        (with("name", json!("tab\there")), "name", "control"),
+        (with("name", json!(42)), "name", "string"),
+        (with("api_url", json!("ftp://x")), "api_url", "http"),
+        (with("api_url", json!("not a url")), "api_url", "http"),
+        (with("api_url", json!(format!("http://h/{}", "a".repeat(2048)))), "api_url", "2048"),
+        (with("user_id", json!("")), "user_id", "1-128"),
+        (with("metadata", json!([1])), "metadata", "map"),
+    ];
+    for (body, field, rule) in cases {
+        let r = app.post("/api/workers/register", &body).await;
+        let e = json(r, 422).await;
+        assert_eq!(e["error"], "validation_failed", "{body}");
+        assert_eq!(e["field"], field, "{body}: {e}");
+        assert!(e["rule"].as_str().unwrap().contains(rule), "{body}: {e}");
+        assert!(e["message"].as_str().unwrap().contains(field));
+    }
+
+    for raw in ["{not json", "", "[1,2]", "\"text\""] {
+        let e = json(app.post_raw("/api/workers/register", raw).await, 400).await;
+        assert!(e["error"].is_string() && e["message"].is_string(), "{raw}: {e}");
+    }
+    let e = json(app.post_raw("/api/workers/heartbeat", "{}").await, 422).await;
+    assert_eq!(e["field"], "worker_name");
+
+    let huge = format!(r#"{{"name": "{}"}}"#, "a".repeat(70 * 1024));
+    let e = json(app.post_raw("/api/workers/register", huge).await, 413).await;
+    assert_eq!(e["error"], "payload_too_large");
+
+    let e = json(app.get("/api/nothing/here").await, 404).await;
+    assert_eq!(e["error"], "not_found");
+    let r = app.client.put(app.url("/api/workers/list")).send().await.unwrap();
+    assert_eq!(json(r, 405).await["error"], "method_not_allowed");
+    let r = app.get("/api/workers/%FF%FE").await;
+    assert!(r.status().is_client_error());
+    json(r, 400).await;
+
+    // Nothing above created a worker.
+    let n: (i64,) = sqlx::query_as("SELECT count(*) FROM workers")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(n.0, 0);
+}
+
+#[tokio::test]
+async fn simultaneous_registrations_never_collide() {
+    let app = TestApp::spawn().await;
+    let mut tasks = Vec::new();
+    for i in 0..300 {
+        let client = app.client.clone();
+        let url = app.url("/api/workers/register");
+        tasks.push(tokio::spawn(async move {
+            // A third of them fight over the same few names.
+            let name = if i % 3 == 0 { format!("same-{}", i % 4) } else { format!("burst-{i}") };
+            let r = client
+                .post(url)
+                .json(&json!({"name": name, "worker_type": "truemark",
+                              "api_url": "http://h:1", "user_id": "u"}))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200);
+            r.json::<Value>().await.unwrap()["serial_number"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        }));
+    }
+    let mut serials = std::collections::HashSet::new();
+    for t in tasks {
+        assert!(serials.insert(t.await.unwrap()), "duplicate serial");
+    }
+    let (deployments, open, workers): (i64, i64, i64) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM deployments),
+                (SELECT count(*) FROM deployments WHERE ended_at IS NULL),
+                (SELECT count(*) FROM workers)",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(deployments, 300);
+    assert_eq!(workers, 200 + 4);
+    assert_eq!(open, workers, "exactly one open deployment per name");
+}
+
+#[tokio::test]
+async fn health_and_readiness() {
+    let app = TestApp::spawn().await;
+    assert_eq!(json(app.get("/healthz").await, 200).await["status"], "ok");
+    assert_eq!(json(app.get("/readyz").await, 200).await["status"], "ready");
+    // A migration the binary knows of but the database lacks makes the registry unready.
+    sqlx::query("DELETE FROM _sqlx_migrations WHERE version = (SELECT max(version) FROM _sqlx_migrations)")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    let r = app.get("/readyz").await;
+    assert_eq!(json(r, 503).await["error"], "not_ready");
+}
+
+#[tokio::test]
+async fn an_unreachable_database_is_a_503_with_retry_after() {
+    let app = TestApp::spawn().await;
+    app.register("w", "truemark").await;
+    let name = url::Url::parse(&app.database_url).unwrap().path()[1..].to_string();
+    let admin = sqlx::PgPool::connect(&common::server_url()).await.unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        r#"ALTER DATABASE "{name}" ALLOW_CONNECTIONS false"#
+    )))
+    .execute(&admin)
+    .await
+    .unwrap();
+    sqlx::query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1")
+        .bind(&name)
+        .execute(&admin)
+        .await
+        .unwrap();
+
+    for path in ["/api/workers/status", "/api/workers/list", "/api/workers/w"] {
+        let r = app.get(path).await;
+        assert_eq!(r.status(), 503, "{path}");
+        assert!(r.headers().contains_key("retry-after"));
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(body["error"], "database_unavailable", "{path}");
+        assert!(!body.to_string().to_lowercase().contains("select"));
+    }
+    assert_eq!(app.get("/readyz").await.status(), 503);
+    assert_eq!(app.get("/healthz").await.status(), 200);
+
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        r#"ALTER DATABASE "{name}" ALLOW_CONNECTIONS true"#
+    )))
+    .execute(&admin)
+    .await
+    .unwrap();
+    // Back without a restart.
+    let mut recovered = false;
+    for _ in 0..100 {
+        if app.get("/api/workers/w").await.status() == 200 {
+            recovered = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(recovered);
+}
+
+#[tokio::test]
+async fn the_schema_rejects_what_the_code_must_never_write() {
+    let app = TestApp::spawn().await;
+    let w = app.register("w", "truemark").await;
+    let serial = w["serial_number"].as_str().unwrap();
+    let bad = [
+        "UPDATE workers SET status = 'zombie'",
+        "UPDATE workers SET model_number = 'DMN-RG-01'",
+        "UPDATE workers SET status = 'active'",
+        "UPDATE workers SET worker_name = E'bad\\nname'",
+        "UPDATE workers SET api_url = 'ftp://x'",
+        "UPDATE workers SET serial_number = 'DMN-TM-01-00000000-00000'",
+        "INSERT INTO deployments (serial_number, worker_name, worker_type, family, generation,
+             model_number, api_url, user_id) VALUES ('DMN-TM-01-0000000-00000', 'x', 't', 'TM',
+             1, 'DMN-TM-01', 'http://h', 'u')",
+        "INSERT INTO deployments (serial_number, worker_name, worker_type, family, generation,
+             model_number, api_url, user_id) VALUES ('DMN-RG-01-00000000-00000', 'x', 't', 'TM',
+             1, 'DMN-TM-01', 'http://h', 'u')",
+        "INSERT INTO model_catalog (worker_type, family, generation) VALUES ('x', 'ZZ', 1)",
+        "INSERT INTO model_catalog (worker_type, family, generation) VALUES ('Bad Type', 'TM', 1)",
+        "INSERT INTO worker_events (worker_name, serial_number, kind, to_status)
+             VALUES ('w', NULL, 'stale', 'stale')",
+    ];
+    for sql in bad {
+        assert!(
+            sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&app.pool).await.is_err(),
+            "accepted: {sql}"
+        );
+    }
+    // A second open deployment of the same name.
+    let dup = sqlx::query(
+        "INSERT INTO deployments (serial_number, worker_name, worker_type, family, generation,
+             model_number, api_url, user_id) VALUES ('DMN-TM-01-00000000-00000', 'w', 't', 'TM',
+             1, 'DMN-TM-01', 'http://h', 'u')",
+    )
+    .execute(&app.pool)
+    .await;
+    assert!(dup.is_err());
+    // The same serial twice.
+    let again = sqlx::query(
+        "INSERT INTO deployments (serial_number, worker_name, worker_type, family, generation,
+             model_number, api_url, user_id) VALUES ($1, 'other', 't', 'TM', 1, 'DMN-TM-01',
+             'http://h', 'u')",
+    )
+    .bind(serial)
+    .execute(&app.pool)
+    .await;
+    assert!(again.is_err());
+}

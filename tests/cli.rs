@@ -1,0 +1,129 @@
+//! The `dals` binary as operators and workers meet it: start-up errors, `dals verify`, and
+//! the design document's Python worker.
+
+mod common;
+
+use std::process::Command;
+
+use common::TestApp;
+
+const DALS: &str = env!("CARGO_BIN_EXE_dals");
+
+#[test]
+fn an_unreachable_database_is_one_clear_line() {
+    let out = Command::new(DALS)
+        .env("DATABASE_URL", "postgres://postgres:hunter2@127.0.0.1:1/dals")
+        .env("DALS_SERVER__PORT", "0")
+        .output()
+        .expect("run dals");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "expected one line, got: {stderr}");
+    let line = lines[0];
+    assert!(line.contains("127.0.0.1:1/dals"), "{line}");
+    assert!(line.contains("DATABASE_URL"), "{line}");
+    assert!(line.contains("docker compose up -d postgres"), "{line}");
+    assert!(!line.contains("hunter2"), "password leaked: {line}");
+}
+
+#[test]
+fn invalid_settings_name_the_setting() {
+    for (var, value, expect) in [
+        ("DALS_SERVER__PORT", "eighty", "server.port"),
+        ("DALS_LIVENESS__STALE_AFTER_SECS", "-1", "DALS_LIVENESS__STALE_AFTER_SECS"),
+        ("DALS_LIVENESS__OFFLINE_AFTER_SECS", "10", "DALS_LIVENESS__OFFLINE_AFTER_SECS"),
+        ("DATABASE_URL", "mysql://x", "DATABASE_URL"),
+    ] {
+        let out = Command::new(DALS)
+            .arg("migrate")
+            .env("DATABASE_URL", "postgres://postgres@127.0.0.1:1/dals")
+            .env(var, value)
+            .output()
+            .expect("run dals");
+        assert!(!out.status.success());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(expect), "{var}={value}: {stderr}");
+        assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    }
+}
+
+#[tokio::test]
+async fn verify_passes_against_a_running_registry() {
+    let app = TestApp::spawn().await;
+    app.register("Josephine-user_123", "truemark").await;
+    let base = app.base.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(DALS)
+            .args(["verify", "--url", &base, "--worker"])
+            .output()
+            .expect("run dals verify")
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    for line in [
+        "✓ 1. registry status",
+        "✓ 2. model catalog",
+        "DMN-TM-02",
+        "✓ 3. worker list",
+        "✓ 4. registration + heartbeat",
+        "✓ 5. Josephine-user_123 is registered",
+    ] {
+        assert!(stdout.contains(line), "missing {line:?} in:\n{stdout}");
+    }
+
+    // A worker that is not there fails check 5.
+    let base = app.base.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(DALS)
+            .args(["verify", "--url", &base, "--worker", "nobody"])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("✗ 5."));
+}
+
+#[test]
+fn verify_fails_against_a_stopped_registry() {
+    // Bind and drop a port so nothing listens there.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let out = Command::new(DALS)
+        .args(["verify", "--url", &format!("http://127.0.0.1:{port}")])
+        .output()
+        .expect("run dals verify");
+    assert!(!out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("✗ 1. registry status"), "{stdout}");
+    assert!(stdout.contains("is the registry running?"), "{stdout}");
+}
+
+#[tokio::test]
+async fn the_design_documents_python_worker_registers_and_heartbeats() {
+    let app = TestApp::spawn().await;
+    let api = format!("{}/api", app.base);
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/design_worker.py");
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new("python3")
+            .args([script, &api, "user_123"])
+            .output()
+            .expect("python3 is needed for this test")
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "stdout: {stdout}\nstderr: {stderr}");
+    assert!(stdout.contains("✓ Registered: DMN-TM-01 - DMN-TM-01-"), "{stdout}");
+    let w = app.worker("Josephine-user_123").await;
+    assert_eq!(w["status"], "active");
+    assert_eq!(w["heartbeat_count"], 3);
+}
