@@ -4,19 +4,22 @@ pub mod db;
 pub mod domain;
 pub mod error;
 pub mod http;
+pub mod liveness;
 pub mod settings;
 pub mod telemetry;
 pub mod verify;
 
-use std::future::Future;
+use std::future::{Future, IntoFuture};
 use std::sync::Arc;
 
 use anyhow::Context;
 use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::AbortOnDropHandle;
 
 use crate::db::Db;
 use crate::http::AppState;
-use crate::settings::Settings;
+use crate::settings::{Settings, secs};
 
 /// Connects to the database, applies migrations and serves on `listener` until `shutdown`
 /// resolves; in-flight requests then get `shutdown_timeout_secs` to finish.
@@ -38,17 +41,51 @@ pub async fn launch_with_db(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let settings = Arc::new(settings);
+    let instance = uuid::Uuid::new_v4().to_string();
     let state = AppState {
         db: db.clone(),
         settings: settings.clone(),
+        instance: instance.clone().into(),
     };
+
+    // Aborted with this future, as when a test kills the registry; cancelled on shutdown.
+    let cancel = CancellationToken::new();
+    let sweeper = liveness::Sweeper::new(
+        db.clone(),
+        settings.liveness.clone(),
+        settings.retention.clone(),
+        instance.clone(),
+    );
+    let sweeper = AbortOnDropHandle::new(tokio::spawn(sweeper.run(cancel.clone())));
+
     let addr = listener
         .local_addr()
         .context("reading the listen address")?;
-    tracing::info!(%addr, "DALS registry listening");
-    let server = axum::serve(listener, http::router(state)).with_graceful_shutdown(shutdown);
-    server.await.context("serving HTTP")?;
+    tracing::info!(%addr, %instance, "DALS registry listening");
+    // After the shutdown signal, in-flight requests get shutdown_timeout_secs to finish.
+    let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = axum::serve(listener, http::router(state)).with_graceful_shutdown(async move {
+        shutdown.await;
+        let _ = stopping_tx.send(());
+    });
+    let deadline = async move {
+        if stopping_rx.await.is_ok() {
+            tokio::time::sleep(secs(settings.server.shutdown_timeout_secs)).await;
+        } else {
+            std::future::pending::<()>().await;
+        }
+    };
+    let served = tokio::select! {
+        served = server.into_future() => served.context("serving HTTP"),
+        () = deadline => {
+            tracing::warn!("shutdown timeout reached; dropping the connections still open");
+            Ok(())
+        }
+    };
+    cancel.cancel();
+    let _ = sweeper.await;
     db.close().await;
+    served?;
     tracing::info!("DALS registry stopped");
     Ok(())
 }

@@ -26,8 +26,16 @@ async fn registration_answers_with_the_documents_fields() {
     let after = chrono::Utc::now().timestamp_millis() as f64 / 1000.0;
 
     for field in [
-        "worker_name", "worker_type", "model_number", "serial_number", "api_url", "user_id",
-        "deployed_at", "deployed_iso", "status", "heartbeat",
+        "worker_name",
+        "worker_type",
+        "model_number",
+        "serial_number",
+        "api_url",
+        "user_id",
+        "deployed_at",
+        "deployed_iso",
+        "status",
+        "heartbeat",
     ] {
         assert!(w.get(field).is_some(), "missing {field} in {w}");
     }
@@ -74,7 +82,10 @@ async fn heartbeat_makes_a_worker_active_and_is_recorded() {
     let app = TestApp::spawn().await;
     let w = app.register("Josephine-01", "truemark").await;
     let r = app
-        .post("/api/workers/heartbeat", &json!({ "worker_name": "Josephine-01" }))
+        .post(
+            "/api/workers/heartbeat",
+            &json!({ "worker_name": "Josephine-01" }),
+        )
         .await;
     assert_eq!(
         json(r, 200).await,
@@ -209,13 +220,22 @@ async fn list_filters_and_sorts() {
             .collect()
     };
     let q = |p: &'static str| app.get(p);
-    assert_eq!(names_of(json(q("/api/workers/list?status=active").await, 200).await), ["rg-b"]);
-    assert_eq!(names_of(json(q("/api/workers/list?family=BB").await, 200).await), ["bb-c"]);
+    assert_eq!(
+        names_of(json(q("/api/workers/list?status=active").await, 200).await),
+        ["rg-b"]
+    );
+    assert_eq!(
+        names_of(json(q("/api/workers/list?family=BB").await, 200).await),
+        ["bb-c"]
+    );
     assert_eq!(
         names_of(json(q("/api/workers/list?worker_type=truemark").await, 200).await),
         ["tm-a"]
     );
-    assert_eq!(names_of(json(q("/api/workers/list?user_id=nobody").await, 200).await), Vec::<String>::new());
+    assert_eq!(
+        names_of(json(q("/api/workers/list?user_id=nobody").await, 200).await),
+        Vec::<String>::new()
+    );
     assert_eq!(
         names_of(json(q("/api/workers/list?sort=-deployed_at").await, 200).await),
         ["bb-c", "rg-b", "tm-a"]
@@ -258,7 +278,15 @@ async fn every_accepted_name_is_retrievable() {
         assert_eq!(app.worker(name).await["worker_name"], name);
         assert_eq!(app.heartbeat(name).await, 200, "{name}");
     }
-    for reserved in ["list", "status", "register", "heartbeat", "models", ".", ".."] {
+    for reserved in [
+        "list",
+        "status",
+        "register",
+        "heartbeat",
+        "models",
+        ".",
+        "..",
+    ] {
         let r = app
             .post(
                 "/api/workers/register",
@@ -269,7 +297,9 @@ async fn every_accepted_name_is_retrievable() {
         assert_eq!(json(r, 422).await["field"], "name", "{reserved}");
     }
     assert_eq!(
-        app.get(&format!("/api/workers/{}", encode("no such"))).await.status(),
+        app.get(&format!("/api/workers/{}", encode("no such")))
+            .await
+            .status(),
         404
     );
 }
@@ -317,7 +347,10 @@ async fn unknown_worker_types_register_as_generic_with_a_warning() {
     let w = app.register("x", "new-worker-type").await;
     assert_eq!(w["model_number"], "DMN-GN-01");
     assert_eq!(w["worker_type"], "new-worker-type");
-    assert!(is_serial_of(w["serial_number"].as_str().unwrap(), "DMN-GN-01"));
+    assert!(is_serial_of(
+        w["serial_number"].as_str().unwrap(),
+        "DMN-GN-01"
+    ));
     let warnings = w["warnings"].as_array().unwrap();
     assert_eq!(warnings.len(), 1);
     assert!(warnings[0].as_str().unwrap().contains("new-worker-type"));
@@ -354,7 +387,11 @@ async fn bad_input_gets_clear_json_errors() {
     };
     let cases = [
         (with("name", Value::Null), "name", "is required"),
-        (with("worker_type", Value::Null), "worker_type", "is required"),
+        (
+            with("worker_type", Value::Null),
+            "worker_type",
+            "is required",
+        ),
         (with("api_url", Value::Null), "api_url", "is required"),
         (with("user_id", Value::Null), "user_id", "is required"),
         (with("name", json!("")), "name", "1-128"),
@@ -363,7 +400,11 @@ async fn bad_input_gets_clear_json_errors() {
         (with("name", json!(42)), "name", "string"),
         (with("api_url", json!("ftp://x")), "api_url", "http"),
         (with("api_url", json!("not a url")), "api_url", "http"),
-        (with("api_url", json!(format!("http://h/{}", "a".repeat(2048)))), "api_url", "2048"),
+        (
+            with("api_url", json!(format!("http://h/{}", "a".repeat(2048)))),
+            "api_url",
+            "2048",
+        ),
         (with("user_id", json!("")), "user_id", "1-128"),
         (with("metadata", json!([1])), "metadata", "map"),
     ];
@@ -378,7 +419,10 @@ async fn bad_input_gets_clear_json_errors() {
 
     for raw in ["{not json", "", "[1,2]", "\"text\""] {
         let e = json(app.post_raw("/api/workers/register", raw).await, 400).await;
-        assert!(e["error"].is_string() && e["message"].is_string(), "{raw}: {e}");
+        assert!(
+            e["error"].is_string() && e["message"].is_string(),
+            "{raw}: {e}"
+        );
     }
     let e = json(app.post_raw("/api/workers/heartbeat", "{}").await, 422).await;
     assert_eq!(e["field"], "worker_name");
@@ -389,7 +433,12 @@ async fn bad_input_gets_clear_json_errors() {
 
     let e = json(app.get("/api/nothing/here").await, 404).await;
     assert_eq!(e["error"], "not_found");
-    let r = app.client.put(app.url("/api/workers/list")).send().await.unwrap();
+    let r = app
+        .client
+        .put(app.url("/api/workers/list"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(json(r, 405).await["error"], "method_not_allowed");
     let r = app.get("/api/workers/%FF%FE").await;
     assert!(r.status().is_client_error());
@@ -412,7 +461,11 @@ async fn simultaneous_registrations_never_collide() {
         let url = app.url("/api/workers/register");
         tasks.push(tokio::spawn(async move {
             // A third of them fight over the same few names.
-            let name = if i % 3 == 0 { format!("same-{}", i % 4) } else { format!("burst-{i}") };
+            let name = if i % 3 == 0 {
+                format!("same-{}", i % 4)
+            } else {
+                format!("burst-{i}")
+            };
             let r = client
                 .post(url)
                 .json(&json!({"name": name, "worker_type": "truemark",
@@ -450,10 +503,12 @@ async fn health_and_readiness() {
     assert_eq!(json(app.get("/healthz").await, 200).await["status"], "ok");
     assert_eq!(json(app.get("/readyz").await, 200).await["status"], "ready");
     // A migration the binary knows of but the database lacks makes the registry unready.
-    sqlx::query("DELETE FROM _sqlx_migrations WHERE version = (SELECT max(version) FROM _sqlx_migrations)")
-        .execute(&app.pool)
-        .await
-        .unwrap();
+    sqlx::query(
+        "DELETE FROM _sqlx_migrations WHERE version = (SELECT max(version) FROM _sqlx_migrations)",
+    )
+    .execute(&app.pool)
+    .await
+    .unwrap();
     let r = app.get("/readyz").await;
     assert_eq!(json(r, 503).await["error"], "not_ready");
 }
@@ -530,7 +585,10 @@ async fn the_schema_rejects_what_the_code_must_never_write() {
     ];
     for sql in bad {
         assert!(
-            sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&app.pool).await.is_err(),
+            sqlx::query(sqlx::AssertSqlSafe(sql))
+                .execute(&app.pool)
+                .await
+                .is_err(),
             "accepted: {sql}"
         );
     }

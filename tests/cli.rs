@@ -12,7 +12,10 @@ const DALS: &str = env!("CARGO_BIN_EXE_dals");
 #[test]
 fn an_unreachable_database_is_one_clear_line() {
     let out = Command::new(DALS)
-        .env("DATABASE_URL", "postgres://postgres:hunter2@127.0.0.1:1/dals")
+        .env(
+            "DATABASE_URL",
+            "postgres://postgres:hunter2@127.0.0.1:1/dals",
+        )
         .env("DALS_SERVER__PORT", "0")
         .output()
         .expect("run dals");
@@ -31,8 +34,16 @@ fn an_unreachable_database_is_one_clear_line() {
 fn invalid_settings_name_the_setting() {
     for (var, value, expect) in [
         ("DALS_SERVER__PORT", "eighty", "server.port"),
-        ("DALS_LIVENESS__STALE_AFTER_SECS", "-1", "DALS_LIVENESS__STALE_AFTER_SECS"),
-        ("DALS_LIVENESS__OFFLINE_AFTER_SECS", "10", "DALS_LIVENESS__OFFLINE_AFTER_SECS"),
+        (
+            "DALS_LIVENESS__STALE_AFTER_SECS",
+            "-1",
+            "DALS_LIVENESS__STALE_AFTER_SECS",
+        ),
+        (
+            "DALS_LIVENESS__OFFLINE_AFTER_SECS",
+            "10",
+            "DALS_LIVENESS__OFFLINE_AFTER_SECS",
+        ),
         ("DATABASE_URL", "mysql://x", "DATABASE_URL"),
     ] {
         let out = Command::new(DALS)
@@ -122,7 +133,10 @@ async fn the_design_documents_python_worker_registers_and_heartbeats() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "stdout: {stdout}\nstderr: {stderr}");
-    assert!(stdout.contains("✓ Registered: DMN-TM-01 - DMN-TM-01-"), "{stdout}");
+    assert!(
+        stdout.contains("✓ Registered: DMN-TM-01 - DMN-TM-01-"),
+        "{stdout}"
+    );
     let w = app.worker("Josephine-user_123").await;
     assert_eq!(w["status"], "active");
     assert_eq!(w["heartbeat_count"], 3);

@@ -1,6 +1,8 @@
 //! The repository layer: every SQL statement of the registry lives under this module.
 
 mod catalog;
+mod history;
+mod liveness;
 mod workers;
 
 use std::time::Duration;
@@ -11,7 +13,12 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{PgPool, Postgres};
 
 pub use catalog::CatalogEntry;
-pub use workers::{FleetCounts, HeartbeatOutcome, ListFilter, ListOrder, NewDeployment, WorkerRow};
+pub use history::{DeploymentRow, EventRow};
+pub use liveness::{Lapse, LivenessState, StaleCandidates, sweep};
+pub use workers::{
+    DeregisterOutcome, FamilyStatusCount, FleetCounts, HeartbeatOutcome, ListFilter, ListOrder,
+    NewDeployment, WorkerRow,
+};
 
 use crate::settings::{DatabaseSettings, redact_url, secs};
 

@@ -55,6 +55,25 @@ pub enum HeartbeatOutcome {
     SerialMismatch { current: String },
 }
 
+/// What a deregistration found.
+#[derive(Debug, Clone)]
+pub enum DeregisterOutcome {
+    /// The worker is (now, or already was) deregistered.
+    Deregistered(Box<WorkerRow>),
+    UnknownWorker,
+    SerialMismatch {
+        current: String,
+    },
+}
+
+/// Workers of one family in one status.
+#[derive(Debug, Clone, FromRow)]
+pub struct FamilyStatusCount {
+    pub family: String,
+    pub status: String,
+    pub workers: i64,
+}
+
 /// Filters of the worker list; `None` matches everything. Without a status, deregistered
 /// workers are left out.
 #[derive(Debug, Clone, Default)]
@@ -227,6 +246,66 @@ impl Db {
                 yield row;
             }
         }
+    }
+
+    /// Deregisters a worker (its graceful shutdown): status `deregistered`, its deployment
+    /// closed, an event. Idempotent. With a serial, only that deployment may deregister.
+    pub async fn deregister(
+        &self,
+        worker_name: &str,
+        serial_number: Option<&str>,
+    ) -> Result<DeregisterOutcome, sqlx::Error> {
+        let row: Option<(String, bool)> = sqlx::query_as(
+            "WITH current AS (
+                 SELECT worker_name, serial_number, status FROM workers
+                 WHERE worker_name = $1 FOR UPDATE
+             ), gone AS (
+                 UPDATE workers w
+                 SET status = 'deregistered',
+                     status_changed_at = greatest(clock_timestamp(), w.status_changed_at)
+                 FROM current c
+                 WHERE w.worker_name = c.worker_name AND c.status <> 'deregistered'
+                   AND ($2::text IS NULL OR c.serial_number = $2)
+                 RETURNING w.worker_name, w.serial_number, c.status AS from_status,
+                           w.status_changed_at AS at
+             ), closed AS (
+                 UPDATE deployments d
+                 SET ended_at = greatest(g.at, d.deployed_at), end_reason = 'deregistered'
+                 FROM gone g
+                 WHERE d.serial_number = g.serial_number AND d.ended_at IS NULL
+             ), evented AS (
+                 INSERT INTO worker_events
+                     (worker_name, serial_number, kind, from_status, to_status, reason, at)
+                 SELECT worker_name, serial_number, 'deregistered', from_status, 'deregistered',
+                        'deregistered by the worker', at
+                 FROM gone
+             )
+             SELECT c.serial_number,
+                    c.status = 'deregistered' OR $2::text IS NULL OR c.serial_number = $2
+             FROM current c",
+        )
+        .bind(worker_name)
+        .bind(serial_number)
+        .fetch_optional(&self.pool)
+        .await?;
+        match row {
+            None => Ok(DeregisterOutcome::UnknownWorker),
+            Some((current, false)) => Ok(DeregisterOutcome::SerialMismatch { current }),
+            Some((_, true)) => match self.worker(worker_name).await? {
+                Some(row) => Ok(DeregisterOutcome::Deregistered(Box::new(row))),
+                None => Ok(DeregisterOutcome::UnknownWorker),
+            },
+        }
+    }
+
+    /// Workers per family and status (deregistered included).
+    pub async fn fleet_by_family(&self) -> Result<Vec<FamilyStatusCount>, sqlx::Error> {
+        sqlx::query_as(
+            "SELECT family, status, count(*) AS workers FROM workers
+             GROUP BY family, status ORDER BY family, status",
+        )
+        .fetch_all(&self.pool)
+        .await
     }
 
     /// Counts per status and the families of the registered (not deregistered) fleet.

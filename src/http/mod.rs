@@ -3,6 +3,7 @@
 
 mod extract;
 mod health;
+mod liveness;
 mod views;
 mod workers;
 
@@ -30,6 +31,8 @@ pub const BODY_LIMIT_BYTES: usize = 64 * 1024;
 pub struct AppState {
     pub db: Db,
     pub settings: Arc<Settings>,
+    /// This replica's id, as the sweeper records it.
+    pub instance: Arc<str>,
 }
 
 /// The whole HTTP application.
@@ -38,6 +41,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(health::router())
         .merge(workers::router())
+        .merge(liveness::router())
         .fallback(|| async { ApiError::NotFound("no such endpoint".to_string()) })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .with_state(state)

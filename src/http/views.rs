@@ -2,9 +2,10 @@
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Serialize;
-use serde_json::Value;
+use serde_json::{Value, json};
 
-use crate::db::WorkerRow;
+use crate::db::{DeploymentRow, EventRow, LivenessState, WorkerRow};
+use crate::settings::LivenessSettings;
 
 /// Epoch seconds with microseconds, as the design document's `deployed_at`.
 pub fn epoch(at: DateTime<Utc>) -> f64 {
@@ -59,4 +60,80 @@ impl From<WorkerRow> for WorkerView {
             metadata: row.metadata,
         }
     }
+}
+
+/// One event of the history.
+#[derive(Debug, Serialize)]
+pub struct EventView {
+    pub id: i64,
+    pub worker_name: Option<String>,
+    pub serial_number: Option<String>,
+    pub kind: String,
+    pub from_status: Option<String>,
+    pub to_status: Option<String>,
+    pub reason: String,
+    pub at: String,
+}
+
+impl From<EventRow> for EventView {
+    fn from(row: EventRow) -> Self {
+        EventView {
+            id: row.id,
+            worker_name: row.worker_name,
+            serial_number: row.serial_number,
+            kind: row.kind,
+            from_status: row.from_status,
+            to_status: row.to_status,
+            reason: row.reason,
+            at: iso(row.at),
+        }
+    }
+}
+
+/// One deployment of a worker name.
+#[derive(Debug, Serialize)]
+pub struct DeploymentView {
+    pub serial_number: String,
+    pub model_number: String,
+    pub worker_type: String,
+    pub api_url: String,
+    pub user_id: String,
+    pub deployed_at: String,
+    pub ended_at: Option<String>,
+    pub end_reason: Option<String>,
+}
+
+impl From<DeploymentRow> for DeploymentView {
+    fn from(row: DeploymentRow) -> Self {
+        DeploymentView {
+            serial_number: row.serial_number,
+            model_number: row.model_number,
+            worker_type: row.worker_type,
+            api_url: row.api_url,
+            user_id: row.user_id,
+            deployed_at: iso(row.deployed_at),
+            ended_at: row.ended_at.map(iso),
+            end_reason: row.end_reason,
+        }
+    }
+}
+
+/// The sweeper's brake and grace, as `/api/workers/status` shows them.
+pub fn liveness_view(state: &LivenessState, settings: &LivenessSettings) -> Value {
+    json!({
+        "brake": {
+            "engaged": state.brake_engaged_at.is_some(),
+            "held_since": state.brake_engaged_at.map(iso),
+            "held_transitions": state.brake_held,
+            "live_workers": state.brake_live,
+            "fraction": settings.brake_fraction,
+            "min_workers": settings.brake_min_workers,
+            "release_requested_at": state.brake_release_requested_at.map(iso),
+        },
+        "grace_until": state.grace_until.filter(|until| *until > state.now).map(iso),
+        "sweeper": {
+            "instance": state.sweeper_instance,
+            "last_sweep_at": state.last_sweep_at.map(iso),
+        },
+    })
 }

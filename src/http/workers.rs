@@ -10,9 +10,9 @@ use futures::{StreamExt, TryStreamExt};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
-use super::views::WorkerView;
+use super::views::{DeploymentView, EventView, WorkerView, liveness_view};
 use super::{ApiPath, ApiQuery, AppState, JsonBody};
-use crate::db::{HeartbeatOutcome, ListFilter, ListOrder, NewDeployment};
+use crate::db::{DeregisterOutcome, HeartbeatOutcome, ListFilter, ListOrder, NewDeployment};
 use crate::domain::{
     FamilyCode, ModelNumber, WorkerStatus, validate_api_url, validate_user_id,
     validate_worker_name, validate_worker_type,
@@ -26,7 +26,9 @@ pub fn router() -> Router<AppState> {
         .route("/api/workers/list", get(list))
         .route("/api/workers/status", get(status))
         .route("/api/workers/models/catalog", get(catalog))
-        .route("/api/workers/{name}", get(worker))
+        .route("/api/workers/{name}", get(worker).delete(deregister))
+        .route("/api/workers/{name}/events", get(events))
+        .route("/api/workers/{name}/deployments", get(deployments))
 }
 
 /// The body of `POST /api/workers/register`. Fields are optional here so that a missing one
@@ -260,7 +262,18 @@ async fn worker(
 
 async fn status(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
     let counts = state.db.fleet_counts().await?;
-    Ok(Json(json!({
+    let by_family = state.db.fleet_by_family().await?;
+    let liveness = state.db.liveness_state().await?;
+    let mut families = Map::new();
+    for row in by_family {
+        let entry = families
+            .entry(row.family)
+            .or_insert_with(|| json!({}))
+            .as_object_mut()
+            .expect("family entries are objects");
+        entry.insert(row.status, json!(row.workers));
+    }
+    let mut body = json!({
         "available": true,
         "total_workers": counts.total,
         "active_workers": counts.active,
@@ -272,7 +285,95 @@ async fn status(State(state): State<AppState>) -> Result<Json<Value>, ApiError> 
             "offline": counts.offline,
             "deregistered": counts.deregistered,
         },
+        "by_family": families,
+    });
+    if let (Value::Object(body), Value::Object(extra)) = (
+        &mut body,
+        liveness_view(&liveness, &state.settings.liveness),
+    ) {
+        body.extend(extra);
+    }
+    Ok(Json(body))
+}
+
+/// Query parameters of `DELETE /api/workers/{name}`.
+#[derive(Debug, Deserialize)]
+pub struct DeregisterParams {
+    /// When given, only this deployment may deregister the name.
+    pub serial_number: Option<String>,
+}
+
+/// A worker's graceful shutdown. Idempotent; the worker stays in history.
+async fn deregister(
+    State(state): State<AppState>,
+    ApiPath(name): ApiPath<String>,
+    ApiQuery(params): ApiQuery<DeregisterParams>,
+) -> Result<Json<WorkerView>, ApiError> {
+    match state
+        .db
+        .deregister(&name, params.serial_number.as_deref())
+        .await?
+    {
+        DeregisterOutcome::Deregistered(row) => {
+            tracing::info!(worker = %name, "worker deregistered");
+            Ok(Json((*row).into()))
+        }
+        DeregisterOutcome::UnknownWorker => Err(ApiError::WorkerNotFound(name)),
+        DeregisterOutcome::SerialMismatch { current } => Err(ApiError::SerialMismatch {
+            worker: name,
+            current,
+            sent: params.serial_number.unwrap_or_default(),
+        }),
+    }
+}
+
+/// Paging of a worker's events.
+#[derive(Debug, Deserialize)]
+pub struct EventsParams {
+    /// Events with an id below this one (the previous page's `next_before`).
+    pub before: Option<i64>,
+    /// Page size, 1-500 (default 50).
+    pub limit: Option<i64>,
+}
+
+/// A worker's timeline, newest first, paginated by `before`.
+async fn events(
+    State(state): State<AppState>,
+    ApiPath(name): ApiPath<String>,
+    ApiQuery(params): ApiQuery<EventsParams>,
+) -> Result<Json<Value>, ApiError> {
+    let limit = params.limit.unwrap_or(50);
+    if !(1..=500).contains(&limit) {
+        return Err(ApiError::validation("limit", "must be from 1 to 500"));
+    }
+    if state.db.worker(&name).await?.is_none() {
+        return Err(ApiError::WorkerNotFound(name));
+    }
+    let rows = state.db.worker_events(&name, params.before, limit).await?;
+    let next_before = (rows.len() as i64 == limit)
+        .then(|| rows.last().map(|r| r.id))
+        .flatten();
+    let events: Vec<EventView> = rows.into_iter().map(Into::into).collect();
+    Ok(Json(json!({
+        "worker_name": name,
+        "events": events,
+        "next_before": next_before,
     })))
+}
+
+/// Every deployment of a worker name, newest first.
+async fn deployments(
+    State(state): State<AppState>,
+    ApiPath(name): ApiPath<String>,
+) -> Result<Json<Value>, ApiError> {
+    let rows = state.db.deployments(&name).await?;
+    if rows.is_empty() {
+        return Err(ApiError::WorkerNotFound(name));
+    }
+    let deployments: Vec<DeploymentView> = rows.into_iter().map(Into::into).collect();
+    Ok(Json(
+        json!({ "worker_name": name, "deployments": deployments }),
+    ))
 }
 
 /// `{worker_type: model_number}`, as the design document shows it.

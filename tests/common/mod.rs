@@ -195,7 +195,11 @@ impl TestApp {
     }
 
     pub async fn delete(&self, path: &str) -> Response {
-        self.client.delete(self.url(path)).send().await.expect("DELETE")
+        self.client
+            .delete(self.url(path))
+            .send()
+            .await
+            .expect("DELETE")
     }
 
     /// Registers a worker of `worker_type` and returns the answer, asserting a 200.

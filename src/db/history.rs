@@ -1,0 +1,65 @@
+use chrono::{DateTime, Utc};
+use sqlx::FromRow;
+
+use super::Db;
+
+/// One row of a worker's (or the fleet's) event history.
+#[derive(Debug, Clone, FromRow)]
+pub struct EventRow {
+    pub id: i64,
+    pub worker_name: Option<String>,
+    pub serial_number: Option<String>,
+    pub kind: String,
+    pub from_status: Option<String>,
+    pub to_status: Option<String>,
+    pub reason: String,
+    pub at: DateTime<Utc>,
+}
+
+/// One deployment (registration) of a worker name.
+#[derive(Debug, Clone, FromRow)]
+pub struct DeploymentRow {
+    pub serial_number: String,
+    pub model_number: String,
+    pub worker_type: String,
+    pub api_url: String,
+    pub user_id: String,
+    pub deployed_at: DateTime<Utc>,
+    pub ended_at: Option<DateTime<Utc>>,
+    pub end_reason: Option<String>,
+}
+
+impl Db {
+    /// A worker's events, newest first: up to `limit` with an id below `before`.
+    pub async fn worker_events(
+        &self,
+        worker_name: &str,
+        before: Option<i64>,
+        limit: i64,
+    ) -> Result<Vec<EventRow>, sqlx::Error> {
+        sqlx::query_as(
+            "SELECT id, worker_name, serial_number, kind, from_status, to_status, reason, at
+             FROM worker_events
+             WHERE worker_name = $1 AND ($2::bigint IS NULL OR id < $2)
+             ORDER BY id DESC LIMIT $3",
+        )
+        .bind(worker_name)
+        .bind(before)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await
+    }
+
+    /// Every deployment of a worker name, newest first.
+    pub async fn deployments(&self, worker_name: &str) -> Result<Vec<DeploymentRow>, sqlx::Error> {
+        sqlx::query_as(
+            "SELECT serial_number, model_number, worker_type, api_url, user_id, deployed_at,
+                    ended_at, end_reason
+             FROM deployments WHERE worker_name = $1
+             ORDER BY deployed_at DESC, serial_number",
+        )
+        .bind(worker_name)
+        .fetch_all(&self.pool)
+        .await
+    }
+}
