@@ -3,6 +3,7 @@
 pub mod db;
 pub mod domain;
 pub mod error;
+pub mod events;
 pub mod http;
 pub mod liveness;
 pub mod settings;
@@ -18,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
 
 use crate::db::Db;
+use crate::events::EventBus;
 use crate::http::AppState;
 use crate::settings::{Settings, secs};
 
@@ -42,14 +44,21 @@ pub async fn launch_with_db(
 ) -> anyhow::Result<()> {
     let settings = Arc::new(settings);
     let instance = uuid::Uuid::new_v4().to_string();
+    let events = EventBus::default();
+    let stopping = CancellationToken::new();
     let state = AppState {
         db: db.clone(),
         settings: settings.clone(),
         instance: instance.clone().into(),
+        events: events.clone(),
+        stopping: stopping.clone(),
     };
 
-    // Aborted with this future, as when a test kills the registry; cancelled on shutdown.
+    // Background tasks: aborted with this future (as when a test kills the registry),
+    // cancelled on shutdown.
     let cancel = CancellationToken::new();
+    let listener_task =
+        AbortOnDropHandle::new(tokio::spawn(events.run(db.clone(), cancel.clone())));
     let sweeper = liveness::Sweeper::new(
         db.clone(),
         settings.liveness.clone(),
@@ -66,6 +75,7 @@ pub async fn launch_with_db(
     let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
     let server = axum::serve(listener, http::router(state)).with_graceful_shutdown(async move {
         shutdown.await;
+        stopping.cancel();
         let _ = stopping_tx.send(());
     });
     let deadline = async move {
@@ -84,6 +94,7 @@ pub async fn launch_with_db(
     };
     cancel.cancel();
     let _ = sweeper.await;
+    let _ = listener_task.await;
     db.close().await;
     served?;
     tracing::info!("DALS registry stopped");

@@ -63,3 +63,50 @@ impl Db {
         .await
     }
 }
+
+/// An event with the family of its worker, for the event stream's filters.
+#[derive(Debug, Clone, FromRow)]
+pub struct StreamEventRow {
+    #[sqlx(flatten)]
+    pub event: EventRow,
+    pub family: Option<String>,
+    /// The database time of the read, to judge how long a gap in the ids has lasted.
+    pub db_now: DateTime<Utc>,
+}
+
+/// The channel on which every new worker event's id is announced (see the migration).
+pub const EVENTS_CHANNEL: &str = "dals_worker_events";
+
+impl Db {
+    /// Events with an id above `after`, oldest first, at most `limit`.
+    pub async fn events_after(
+        &self,
+        after: i64,
+        limit: i64,
+    ) -> Result<Vec<StreamEventRow>, sqlx::Error> {
+        sqlx::query_as(
+            "SELECT e.id, e.worker_name, e.serial_number, e.kind, e.from_status, e.to_status,
+                    e.reason, e.at, w.family, now() AS db_now
+             FROM worker_events e LEFT JOIN workers w ON w.worker_name = e.worker_name
+             WHERE e.id > $1 ORDER BY e.id LIMIT $2",
+        )
+        .bind(after)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await
+    }
+
+    /// The id of the newest event (0 when there is none).
+    pub async fn last_event_id(&self) -> Result<i64, sqlx::Error> {
+        sqlx::query_scalar("SELECT coalesce(max(id), 0) FROM worker_events")
+            .fetch_one(&self.pool)
+            .await
+    }
+
+    /// A listener on the event channel, on a connection of its own.
+    pub async fn listen_events(&self) -> Result<sqlx::postgres::PgListener, sqlx::Error> {
+        let mut listener = sqlx::postgres::PgListener::connect_with(&self.pool).await?;
+        listener.listen(EVENTS_CHANNEL).await?;
+        Ok(listener)
+    }
+}

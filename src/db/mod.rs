@@ -13,7 +13,7 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{PgPool, Postgres};
 
 pub use catalog::CatalogEntry;
-pub use history::{DeploymentRow, EventRow};
+pub use history::{DeploymentRow, EventRow, StreamEventRow};
 pub use liveness::{Lapse, LivenessState, StaleCandidates, sweep};
 pub use workers::{
     DeregisterOutcome, FamilyStatusCount, FleetCounts, HeartbeatOutcome, ListFilter, ListOrder,

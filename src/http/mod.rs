@@ -4,6 +4,7 @@
 mod extract;
 mod health;
 mod liveness;
+mod stream;
 mod views;
 mod workers;
 
@@ -13,6 +14,7 @@ use axum::error_handling::HandleErrorLayer;
 use axum::extract::DefaultBodyLimit;
 use axum::response::IntoResponse;
 use axum::{BoxError, Router};
+use tokio_util::sync::CancellationToken;
 use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::trace::TraceLayer;
@@ -20,6 +22,7 @@ use tower_http::trace::TraceLayer;
 pub use extract::{ApiPath, ApiQuery, JsonBody};
 
 use crate::db::Db;
+use crate::events::EventBus;
 use crate::error::ApiError;
 use crate::settings::{Settings, secs};
 
@@ -33,6 +36,10 @@ pub struct AppState {
     pub settings: Arc<Settings>,
     /// This replica's id, as the sweeper records it.
     pub instance: Arc<str>,
+    /// Wakes event-stream clients.
+    pub events: EventBus,
+    /// Cancelled when shutdown begins, so that endless responses (event streams) end.
+    pub stopping: CancellationToken,
 }
 
 /// The whole HTTP application.
@@ -42,6 +49,7 @@ pub fn router(state: AppState) -> Router {
         .merge(health::router())
         .merge(workers::router())
         .merge(liveness::router())
+        .merge(stream::router())
         .fallback(|| async { ApiError::NotFound("no such endpoint".to_string()) })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .with_state(state)

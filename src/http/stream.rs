@@ -1,0 +1,192 @@
+//! `GET /api/workers/events/stream`: every worker event as it happens, as server-sent events.
+//!
+//! Each client follows the events table by id from its cursor (`Last-Event-ID`, or the newest
+//! event when it connects), woken by the replica's LISTEN on the events channel and polling
+//! as a fallback, so events written by any replica arrive in id order and a reconnecting
+//! client gets what it missed.
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::routing::get;
+use futures::Stream;
+use serde::Deserialize;
+use serde_json::json;
+
+use super::views::EventView;
+use super::{ApiQuery, AppState};
+use crate::db::StreamEventRow;
+use crate::domain::FamilyCode;
+use crate::error::ApiError;
+
+/// Event kinds a client may filter on.
+pub const EVENT_KINDS: [&str; 9] = [
+    "registered",
+    "re_registered",
+    "first_heartbeat",
+    "stale",
+    "offline",
+    "recovered",
+    "deregistered",
+    "brake_held",
+    "brake_released",
+];
+
+/// How long a gap in event ids may be an uncommitted transaction rather than a rollback.
+const GAP_WAIT: Duration = Duration::from_secs(1);
+/// Rows read per query.
+const PAGE: i64 = 500;
+/// How often a client reads the table without a notification.
+const POLL_EVERY: Duration = Duration::from_secs(2);
+
+pub fn router() -> Router<AppState> {
+    Router::new().route("/api/workers/events/stream", get(stream))
+}
+
+/// Filters of the stream; each is optional.
+#[derive(Debug, Deserialize)]
+pub struct StreamParams {
+    /// Only this worker's events.
+    pub worker: Option<String>,
+    /// Only events of workers of this family (`TM`, ...).
+    pub family: Option<String>,
+    /// Only these kinds, comma-separated (`stale,offline`).
+    pub kind: Option<String>,
+    /// Resume after this event id (as the `Last-Event-ID` header does).
+    pub last_event_id: Option<i64>,
+}
+
+struct Filter {
+    worker: Option<String>,
+    family: Option<String>,
+    kinds: Option<Vec<String>>,
+}
+
+impl Filter {
+    fn matches(&self, row: &StreamEventRow) -> bool {
+        self.worker
+            .as_ref()
+            .is_none_or(|w| row.event.worker_name.as_ref() == Some(w))
+            && self
+                .family
+                .as_ref()
+                .is_none_or(|f| row.family.as_ref() == Some(f))
+            && self
+                .kinds
+                .as_ref()
+                .is_none_or(|kinds| kinds.contains(&row.event.kind))
+    }
+}
+
+async fn stream(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    ApiQuery(params): ApiQuery<StreamParams>,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    let family = params
+        .family
+        .map(|f| f.parse::<FamilyCode>().map(|f| f.to_string()))
+        .transpose()
+        .map_err(|rule| ApiError::validation("family", rule))?;
+    let kinds = params
+        .kind
+        .map(|list| {
+            list.split(',')
+                .map(|k| {
+                    let k = k.trim();
+                    if EVENT_KINDS.contains(&k) {
+                        Ok(k.to_string())
+                    } else {
+                        Err(ApiError::validation(
+                            "kind",
+                            format!(
+                                "{k:?} is not an event kind; known: {}",
+                                EVENT_KINDS.join(", ")
+                            ),
+                        ))
+                    }
+                })
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .transpose()?;
+    let header = headers
+        .get("last-event-id")
+        .map(|v| {
+            v.to_str()
+                .ok()
+                .and_then(|s| s.trim().parse::<i64>().ok())
+                .ok_or_else(|| {
+                    ApiError::BadRequest("Last-Event-ID must be an event id (an integer)".into())
+                })
+        })
+        .transpose()?;
+    let cursor = match header.or(params.last_event_id) {
+        Some(id) => id.max(0),
+        None => state.db.last_event_id().await?,
+    };
+    let filter = Filter {
+        worker: params.worker,
+        family,
+        kinds,
+    };
+
+    let db = state.db.clone();
+    let mut wake = state.events.subscribe();
+    let stopping = state.stopping.clone();
+    let events = async_stream::stream! {
+        let mut cursor = cursor;
+        loop {
+            let mut waiting_on_gap = false;
+            let mut full_page = false;
+            match db.events_after(cursor, PAGE).await {
+                Ok(rows) => {
+                    full_page = rows.len() as i64 == PAGE;
+                    for row in rows {
+                        let recent = (row.db_now - row.event.at)
+                            .to_std()
+                            .map_or(true, |age| age < GAP_WAIT);
+                        if row.event.id != cursor + 1 && recent {
+                            // An earlier id may belong to a transaction still committing.
+                            waiting_on_gap = true;
+                            break;
+                        }
+                        cursor = row.event.id;
+                        if filter.matches(&row) {
+                            yield Ok(to_sse(row));
+                        }
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "event stream cannot read events; retrying"),
+            }
+            if full_page && !waiting_on_gap {
+                continue;
+            }
+            let pause = if waiting_on_gap { Duration::from_millis(50) } else { POLL_EVERY };
+            tokio::select! {
+                () = stopping.cancelled() => break,
+                _ = wake.recv() => {}
+                () = tokio::time::sleep(pause) => {}
+            }
+        }
+    };
+    Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+}
+
+fn to_sse(row: StreamEventRow) -> Event {
+    let name = if row.event.worker_name.is_some() {
+        "worker"
+    } else {
+        "brake"
+    };
+    let id = row.event.id;
+    let mut data = json!(EventView::from(row.event));
+    data["family"] = json!(row.family);
+    Event::default()
+        .id(id.to_string())
+        .event(name)
+        .data(data.to_string())
+}
