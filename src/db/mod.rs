@@ -12,7 +12,9 @@ use sqlx::migrate::{MigrateDatabase, Migrator};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{PgPool, Postgres};
 
-pub use catalog::CatalogEntry;
+pub use catalog::{
+    CatalogEntry, CatalogError, CatalogPatch, FamilySpec, FamilyWithEntries, NewCatalogEntry,
+};
 pub use history::{DeploymentRow, EventRow, StreamEventRow};
 pub use liveness::{Lapse, LivenessState, StaleCandidates, sweep};
 pub use workers::{

@@ -1,9 +1,14 @@
 //! Pure domain types: no I/O, no database, no network.
 
+mod catalog;
 mod model;
 mod serial;
 mod worker;
 
+pub use catalog::{
+    DESCRIPTION_MAX_CHARS, GENERIC_WORKER_TYPE, parse_generation, validate_catalog_worker_type,
+    validate_description, validate_family_name,
+};
 pub use model::{FamilyCode, ModelNumber};
 pub use serial::{SerialNumber, deployment_counter};
 pub use worker::{

@@ -1,6 +1,7 @@
 //! The HTTP layer: routers per resource, merged here, and the extractors that turn bad input
 //! into clear JSON errors.
 
+mod catalog;
 mod extract;
 mod health;
 mod liveness;
@@ -48,6 +49,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(health::router())
         .merge(workers::router())
+        .merge(catalog::router())
         .merge(liveness::router())
         .merge(stream::router())
         .fallback(|| async { ApiError::NotFound("no such endpoint".to_string()) })

@@ -25,7 +25,6 @@ pub fn router() -> Router<AppState> {
         .route("/api/workers/heartbeat", post(heartbeat))
         .route("/api/workers/list", get(list))
         .route("/api/workers/status", get(status))
-        .route("/api/workers/models/catalog", get(catalog))
         .route("/api/workers/{name}", get(worker).delete(deregister))
         .route("/api/workers/{name}/events", get(events))
         .route("/api/workers/{name}/deployments", get(deployments))
@@ -373,16 +372,5 @@ async fn deployments(
     let deployments: Vec<DeploymentView> = rows.into_iter().map(Into::into).collect();
     Ok(Json(
         json!({ "worker_name": name, "deployments": deployments }),
-    ))
-}
-
-/// `{worker_type: model_number}`, as the design document shows it.
-async fn catalog(State(state): State<AppState>) -> Result<Json<Map<String, Value>>, ApiError> {
-    let entries = state.db.catalog().await?;
-    Ok(Json(
-        entries
-            .into_iter()
-            .map(|e| (e.worker_type, Value::String(e.model_number)))
-            .collect(),
     ))
 }
