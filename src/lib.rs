@@ -6,6 +6,8 @@ pub mod error;
 pub mod events;
 pub mod http;
 pub mod liveness;
+pub mod ops;
+pub mod remote;
 pub mod settings;
 pub mod telemetry;
 pub mod verify;

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use dals_registry::settings::{Overrides, Settings};
-use dals_registry::{db::Db, telemetry, verify};
+use dals_registry::{db::Db, ops, telemetry, verify};
 
 /// DALS Registry: the worker registry on PostgreSQL.
 #[derive(Debug, Parser)]
@@ -36,6 +36,10 @@ enum Command {
     Migrate,
     /// Check a running registry as the design document's verification script does.
     Verify(verify::VerifyArgs),
+    /// Read the fleet of a running registry: list, get, status, events.
+    Workers(ops::WorkersArgs),
+    /// Read and extend the model catalog of a running registry.
+    Catalog(ops::CatalogArgs),
 }
 
 fn main() -> ExitCode {
@@ -59,6 +63,8 @@ fn main() -> ExitCode {
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let migrate_only = match cli.command {
         Some(Command::Verify(args)) => return Ok(verify::run(&args).await),
+        Some(Command::Workers(args)) => return Ok(ops::workers(&args).await),
+        Some(Command::Catalog(args)) => return Ok(ops::catalog(&args).await),
         Some(Command::Migrate) => true,
         None | Some(Command::Serve) => false,
     };

@@ -1,10 +1,11 @@
 //! `dals verify`: the design document's verification script, against a running registry.
 
 use std::process::ExitCode;
-use std::time::Duration;
 
 use clap::Args;
 use serde_json::{Value, json};
+
+use crate::remote::{encode, get_json, send_json};
 
 /// Arguments of `dals verify`.
 #[derive(Debug, Args)]
@@ -35,10 +36,7 @@ impl Report {
 /// Runs the five checks, printing a report; non-zero exit when any fails.
 pub async fn run(args: &VerifyArgs) -> ExitCode {
     let base = args.url.trim_end_matches('/').to_string();
-    let client = match reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()
-    {
+    let client = match crate::remote::client() {
         Ok(c) => c,
         Err(e) => {
             println!("✗ cannot build an HTTP client: {e}");
@@ -151,7 +149,8 @@ async fn register_and_beat(
         "api_url": "http://localhost:8080",
         "user_id": "dals-verify",
     })))
-    .await?;
+    .await
+    .map_err(|e| e.to_string())?;
     let model = registered["model_number"]
         .as_str()
         .unwrap_or_default()
@@ -168,11 +167,14 @@ async fn register_and_beat(
             .post(api("/heartbeat"))
             .json(&json!({ "worker_name": name })),
     )
-    .await?;
+    .await
+    .map_err(|e| e.to_string())?;
     if beat != json!({ "status": "updated", "worker": name }) {
         return Err(format!("unexpected heartbeat answer {beat}"));
     }
-    let now = get_json(client, &api(&format!("/{}", encode(name)))).await?;
+    let now = get_json(client, &api(&format!("/{}", encode(name))))
+        .await
+        .map_err(|e| e.to_string())?;
     if now["status"] != json!("active") {
         return Err(format!(
             "worker is {} after a heartbeat, not active",
@@ -180,36 +182,4 @@ async fn register_and_beat(
         ));
     }
     Ok((model, serial))
-}
-
-async fn get_json(client: &reqwest::Client, url: &str) -> Result<Value, String> {
-    send_json(client.get(url)).await
-}
-
-async fn send_json(request: reqwest::RequestBuilder) -> Result<Value, String> {
-    let response = request.send().await.map_err(|e| {
-        let url = e.url().map(|u| u.to_string()).unwrap_or_default();
-        if e.is_connect() {
-            format!("cannot reach {url}: is the registry running?")
-        } else {
-            format!("request to {url} failed: {e}")
-        }
-    })?;
-    let status = response.status();
-    let body: Value = response
-        .json()
-        .await
-        .map_err(|e| format!("answer is not JSON ({status}): {e}"))?;
-    if status.is_success() {
-        Ok(body)
-    } else {
-        Err(format!("HTTP {status}: {body}"))
-    }
-}
-
-/// Percent-encodes a worker name as one path segment.
-fn encode(name: &str) -> String {
-    url::form_urlencoded::byte_serialize(name.as_bytes())
-        .collect::<String>()
-        .replace('+', "%20")
 }
