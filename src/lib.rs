@@ -66,7 +66,8 @@ pub async fn launch_with_db(
         settings.liveness.clone(),
         settings.retention.clone(),
         instance.clone(),
-    );
+    )
+    .with_remediation(settings.remediation.clone());
     let sweeper = AbortOnDropHandle::new(tokio::spawn(sweeper.run(cancel.clone())));
 
     let addr = listener

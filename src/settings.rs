@@ -16,6 +16,7 @@ pub struct Settings {
     pub registry: RegistrySettings,
     pub liveness: LivenessSettings,
     pub retention: RetentionSettings,
+    pub remediation: RemediationSettings,
     pub log: LogSettings,
 }
 
@@ -59,6 +60,17 @@ pub struct LivenessSettings {
     pub brake_fraction: f64,
     /// ... but only when it would mark at least this many workers.
     pub brake_min_workers: i64,
+    /// The heartbeat interval the registry asks of workers (in register and heartbeat
+    /// answers), so the fleet is retuned without redeploying workers.
+    pub heartbeat_interval_secs: f64,
+}
+
+/// What the registry does about workers in trouble.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct RemediationSettings {
+    /// Queue a restart command for a worker's deployment when it goes stale, delivered on its
+    /// next heartbeat.
+    pub restart_on_stale: bool,
 }
 
 /// How long history is kept.
@@ -117,9 +129,13 @@ offline_after_secs = 600.0
 sweep_interval_secs = 5.0
 brake_fraction = 0.5
 brake_min_workers = 10
+heartbeat_interval_secs = 30.0
 
 [retention]
 heartbeat_days = 7
+
+[remediation]
+restart_on_stale = false
 
 [log]
 format = "auto"
@@ -192,6 +208,19 @@ impl Settings {
                 "invalid settings: DALS_LIVENESS__OFFLINE_AFTER_SECS ({}) must be greater than \
                  DALS_LIVENESS__STALE_AFTER_SECS ({})",
                 self.liveness.offline_after_secs,
+                self.liveness.stale_after_secs
+            );
+        }
+        positive(
+            self.liveness.heartbeat_interval_secs,
+            "DALS_LIVENESS__HEARTBEAT_INTERVAL_SECS",
+        )?;
+        // A worker beating on the advertised interval must never look stale.
+        if self.liveness.heartbeat_interval_secs >= self.liveness.stale_after_secs {
+            bail!(
+                "invalid settings: DALS_LIVENESS__HEARTBEAT_INTERVAL_SECS ({}) must be less than \
+                 DALS_LIVENESS__STALE_AFTER_SECS ({})",
+                self.liveness.heartbeat_interval_secs,
                 self.liveness.stale_after_secs
             );
         }

@@ -8,9 +8,13 @@ use sqlx::{FromRow, PgConnection, Postgres};
 use super::Db;
 
 /// Moves lapsed workers from the statuses `$from` to `$to`, at most `$2` of them, recording
-/// an event per move. `$1` is the lapse in seconds, `$3` the reason.
+/// an event per move. `$1` is the lapse in seconds, `$3` the reason. `$also` adds further
+/// common table expressions over `moved`, so whatever they write lands with the move.
 macro_rules! mark_sql {
     ($from:literal, $to:literal) => {
+        mark_sql!($from, $to, "")
+    };
+    ($from:literal, $to:literal, $also:literal) => {
         concat!(
             "WITH picked AS (
                  SELECT worker_name, status FROM workers
@@ -32,7 +36,7 @@ macro_rules! mark_sql {
                      (worker_name, serial_number, kind, from_status, to_status, reason, at)
                  SELECT worker_name, serial_number, '", $to, "', from_status, '", $to, "', $3, at
                  FROM moved
-             )
+             )", $also, "
              SELECT count(*) FROM moved"
         )
     };
@@ -169,17 +173,33 @@ pub mod sweep {
     /// Marks up to `batch` lapsed workers: `registered`/`active` -> `stale` past
     /// `after_secs`, or `stale` -> `offline`. Rows a heartbeat holds are skipped, and the
     /// condition is re-checked on the latest row, so a heartbeat always wins. Returns how many
-    /// moved; each move is an event in the same statement.
+    /// moved; each move is an event in the same statement. With `restart_on_stale`, each
+    /// worker going stale also gets a restart command for its deployment (unless one is open
+    /// already), in the same statement: a hung worker that answers again is restarted.
     pub async fn mark_batch(
         conn: &mut PgConnection,
         to: Lapse,
         after_secs: f64,
         batch: i64,
         reason: &str,
+        restart_on_stale: bool,
     ) -> Result<i64, sqlx::Error> {
-        let sql = match to {
-            Lapse::Stale => mark_sql!("('registered', 'active')", "stale"),
-            Lapse::Offline => mark_sql!("('stale')", "offline"),
+        let sql = match (to, restart_on_stale) {
+            (Lapse::Stale, false) => mark_sql!("('registered', 'active')", "stale"),
+            (Lapse::Stale, true) => mark_sql!(
+                "('registered', 'active')",
+                "stale",
+                ", restarted AS (
+                     INSERT INTO worker_commands
+                         (worker_name, serial_number, command, source, reason, created_at)
+                     SELECT worker_name, serial_number, 'restart', 'remediation',
+                            'went stale: ' || $3, at
+                     FROM moved
+                     ON CONFLICT (serial_number, command)
+                         WHERE status IN ('pending', 'delivered') DO NOTHING
+                 )"
+            ),
+            (Lapse::Offline, _) => mark_sql!("('stale')", "offline"),
         };
         sqlx::query_scalar(sql)
             .bind(after_secs)

@@ -1,6 +1,7 @@
 //! The repository layer: every SQL statement of the registry lives under this module.
 
 mod catalog;
+mod commands;
 mod history;
 mod liveness;
 mod workers;
@@ -15,6 +16,7 @@ use sqlx::{PgPool, Postgres};
 pub use catalog::{
     CatalogEntry, CatalogError, CatalogPatch, FamilySpec, FamilyWithEntries, NewCatalogEntry,
 };
+pub use commands::{CommandRow, QueueOutcome};
 pub use history::{DeploymentRow, EventRow, StreamEventRow};
 pub use liveness::{Lapse, LivenessState, StaleCandidates, sweep};
 pub use workers::{

@@ -1,6 +1,7 @@
 //! Pure domain types: no I/O, no database, no network.
 
 mod catalog;
+mod command;
 mod model;
 mod serial;
 mod worker;
@@ -9,6 +10,7 @@ pub use catalog::{
     DESCRIPTION_MAX_CHARS, GENERIC_WORKER_TYPE, parse_generation, validate_catalog_worker_type,
     validate_description, validate_family_name,
 };
+pub use command::{COMMAND_REASON_MAX_CHARS, WorkerCommand, validate_command_reason};
 pub use model::{FamilyCode, ModelNumber};
 pub use serial::{SerialNumber, deployment_counter};
 pub use worker::{

@@ -2,6 +2,7 @@
 //! into clear JSON errors.
 
 mod catalog;
+mod commands;
 mod extract;
 mod health;
 mod liveness;
@@ -23,8 +24,8 @@ use tower_http::trace::TraceLayer;
 pub use extract::{ApiPath, ApiQuery, JsonBody};
 
 use crate::db::Db;
-use crate::events::EventBus;
 use crate::error::ApiError;
+use crate::events::EventBus;
 use crate::settings::{Settings, secs};
 
 /// Largest request body accepted.
@@ -49,6 +50,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(health::router())
         .merge(workers::router())
+        .merge(commands::router())
         .merge(catalog::router())
         .merge(liveness::router())
         .merge(stream::router())

@@ -10,6 +10,7 @@ use futures::{StreamExt, TryStreamExt};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
+use super::commands::CommandView;
 use super::views::{DeploymentView, EventView, WorkerView, liveness_view};
 use super::{ApiPath, ApiQuery, AppState, JsonBody};
 use crate::db::{DeregisterOutcome, HeartbeatOutcome, ListFilter, ListOrder, NewDeployment};
@@ -47,6 +48,11 @@ struct Registered {
     #[serde(flatten)]
     worker: WorkerView,
     warnings: Vec<String>,
+    /// The heartbeat interval the registry asks for.
+    heartbeat_interval_secs: f64,
+    /// Always empty: a new deployment is a new process, and the previous deployment's
+    /// commands were cancelled with it.
+    commands: Vec<CommandView>,
 }
 
 /// A required field, checked by its rule.
@@ -115,6 +121,8 @@ async fn register(
     Ok(Json(Registered {
         worker: row.into(),
         warnings,
+        heartbeat_interval_secs: state.settings.liveness.heartbeat_interval_secs,
+        commands: Vec::new(),
     }))
 }
 
@@ -122,8 +130,11 @@ async fn register(
 #[derive(Debug, Deserialize)]
 pub struct HeartbeatRequest {
     pub worker_name: Option<String>,
-    /// When given, the heartbeat counts only if this is still the worker's deployment.
+    /// When given, the heartbeat counts only if this is still the worker's deployment, and
+    /// the answer carries `heartbeat_interval_secs` and the deployment's open `commands`.
     pub serial_number: Option<String>,
+    /// Ids of delivered commands the worker has taken; they are not delivered again.
+    pub acked_commands: Option<Vec<i64>>,
 }
 
 async fn heartbeat(
@@ -133,12 +144,37 @@ async fn heartbeat(
     let name = req
         .worker_name
         .ok_or_else(|| ApiError::validation("worker_name", "is required"))?;
+    if req.acked_commands.is_some() && req.serial_number.is_none() {
+        return Err(ApiError::validation(
+            "acked_commands",
+            "requires serial_number (commands belong to one deployment)",
+        ));
+    }
     match state
         .db
         .heartbeat(&name, req.serial_number.as_deref())
         .await?
     {
-        HeartbeatOutcome::Updated => Ok(Json(json!({ "status": "updated", "worker": name }))),
+        // The design document's body, exactly, for workers that do not send their serial.
+        HeartbeatOutcome::Updated => match req.serial_number.as_deref() {
+            None => Ok(Json(json!({ "status": "updated", "worker": name }))),
+            Some(serial) => {
+                let acked = req.acked_commands.unwrap_or_default();
+                let commands: Vec<CommandView> = state
+                    .db
+                    .exchange_commands(serial, &acked)
+                    .await?
+                    .into_iter()
+                    .map(Into::into)
+                    .collect();
+                Ok(Json(json!({
+                    "status": "updated",
+                    "worker": name,
+                    "heartbeat_interval_secs": state.settings.liveness.heartbeat_interval_secs,
+                    "commands": commands,
+                })))
+            }
+        },
         HeartbeatOutcome::UnknownWorker => Err(ApiError::WorkerNotFound(name)),
         HeartbeatOutcome::Deregistered => Err(ApiError::WorkerDeregistered(name)),
         HeartbeatOutcome::SerialMismatch { current } => Err(ApiError::SerialMismatch {

@@ -10,7 +10,7 @@ use sqlx::PgConnection;
 use tokio_util::sync::CancellationToken;
 
 use crate::db::{Db, Lapse, StaleCandidates, sweep};
-use crate::settings::{LivenessSettings, RetentionSettings, secs};
+use crate::settings::{LivenessSettings, RemediationSettings, RetentionSettings, secs};
 
 /// Workers moved per statement, so no sweep holds many row locks at once.
 pub const SWEEP_BATCH: i64 = 1000;
@@ -36,6 +36,7 @@ pub struct Sweeper {
     db: Db,
     liveness: LivenessSettings,
     retention: RetentionSettings,
+    remediation: RemediationSettings,
     instance: String,
     leader: Option<PgConnection>,
     last_maintenance: Option<Instant>,
@@ -53,11 +54,18 @@ impl Sweeper {
             db,
             liveness,
             retention,
+            remediation: RemediationSettings::default(),
             instance,
             leader: None,
             last_maintenance: None,
             last_brake_warning: None,
         }
+    }
+
+    /// Applies the remediation policy (restart-on-stale) to the sweeps.
+    pub fn with_remediation(mut self, remediation: RemediationSettings) -> Self {
+        self.remediation = remediation;
+        self
     }
 
     /// Ticks every sweep interval until cancelled.
@@ -103,7 +111,7 @@ impl Sweeper {
             tracing::debug!(made, dropped, "heartbeat partitions maintained");
             self.last_maintenance = Some(Instant::now());
         }
-        let outcome = sweep_once(conn, &self.instance, &self.liveness).await?;
+        let outcome = sweep_once(conn, &self.instance, &self.liveness, &self.remediation).await?;
         if let SweepOutcome::BrakeHeld {
             candidates,
             newly_engaged,
@@ -144,6 +152,7 @@ pub async fn sweep_once(
     conn: &mut PgConnection,
     instance: &str,
     settings: &LivenessSettings,
+    remediation: &RemediationSettings,
 ) -> Result<SweepOutcome, sqlx::Error> {
     let (state, away) = sweep::begin(conn, instance, settings.stale_after_secs).await?;
     if away {
@@ -162,6 +171,7 @@ pub async fn sweep_once(
         Lapse::Offline,
         settings.offline_after_secs,
         &format!("no heartbeat for {} s", settings.offline_after_secs),
+        false,
     )
     .await?;
 
@@ -198,6 +208,7 @@ pub async fn sweep_once(
             Lapse::Stale,
             settings.stale_after_secs,
             &format!("no heartbeat for {} s", settings.stale_after_secs),
+            remediation.restart_on_stale,
         )
         .await?
     } else {
@@ -218,10 +229,12 @@ async fn mark_all(
     to: Lapse,
     after_secs: f64,
     reason: &str,
+    restart_on_stale: bool,
 ) -> Result<i64, sqlx::Error> {
     let mut total = 0;
     loop {
-        let moved = sweep::mark_batch(conn, to, after_secs, SWEEP_BATCH, reason).await?;
+        let moved =
+            sweep::mark_batch(conn, to, after_secs, SWEEP_BATCH, reason, restart_on_stale).await?;
         total += moved;
         if moved < SWEEP_BATCH {
             return Ok(total);
