@@ -11,6 +11,7 @@ pub mod remote;
 pub mod settings;
 pub mod telemetry;
 pub mod verify;
+pub mod webhooks;
 
 use std::future::{Future, IntoFuture};
 use std::sync::Arc;
@@ -44,6 +45,7 @@ pub async fn launch_with_db(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    webhooks::apply_settings_endpoints(&db, &settings.webhooks).await?;
     let settings = Arc::new(settings);
     let instance = uuid::Uuid::new_v4().to_string();
     let events = EventBus::default();
@@ -59,6 +61,13 @@ pub async fn launch_with_db(
     // Background tasks: aborted with this future (as when a test kills the registry),
     // cancelled on shutdown.
     let cancel = CancellationToken::new();
+    let deliverer = webhooks::Deliverer::new(
+        db.clone(),
+        settings.webhooks.clone(),
+        instance.clone(),
+        events.subscribe(),
+    )?;
+    let deliverer = AbortOnDropHandle::new(tokio::spawn(deliverer.run(cancel.clone())));
     let listener_task =
         AbortOnDropHandle::new(tokio::spawn(events.run(db.clone(), cancel.clone())));
     let sweeper = liveness::Sweeper::new(
@@ -98,6 +107,7 @@ pub async fn launch_with_db(
     cancel.cancel();
     let _ = sweeper.await;
     let _ = listener_task.await;
+    let _ = deliverer.await;
     db.close().await;
     served?;
     tracing::info!("DALS registry stopped");

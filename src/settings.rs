@@ -17,6 +17,7 @@ pub struct Settings {
     pub liveness: LivenessSettings,
     pub retention: RetentionSettings,
     pub remediation: RemediationSettings,
+    pub webhooks: WebhookSettings,
     pub log: LogSettings,
 }
 
@@ -79,6 +80,85 @@ pub struct RetentionSettings {
     pub heartbeat_days: i32,
 }
 
+/// Webhook delivery, and the endpoints of the settings file.
+#[derive(Debug, Clone, Deserialize)]
+pub struct WebhookSettings {
+    /// Attempts per delivery before it is marked failed.
+    pub max_attempts: i32,
+    /// Wait after the first failed attempt; doubled after each further failure.
+    pub backoff_base_secs: f64,
+    /// Longest wait between two attempts.
+    pub backoff_max_secs: f64,
+    /// How long one attempt may take.
+    pub timeout_secs: f64,
+    /// How often the delivery task looks for due deliveries when no event wakes it.
+    pub poll_interval_secs: f64,
+    /// `[[webhooks.endpoints]]` of the settings file, upserted by URL at start-up.
+    #[serde(default)]
+    pub endpoints: Vec<WebhookEndpointSettings>,
+}
+
+/// One `[[webhooks.endpoints]]` entry of the settings file.
+#[derive(Debug, Clone, Deserialize)]
+pub struct WebhookEndpointSettings {
+    pub url: String,
+    pub secret: String,
+    pub events: Vec<String>,
+    #[serde(default)]
+    pub description: String,
+    #[serde(default = "enabled_by_default")]
+    pub enabled: bool,
+}
+
+fn enabled_by_default() -> bool {
+    true
+}
+
+impl WebhookSettings {
+    /// Checks the delivery settings and every endpoint of the file by the API's rules.
+    fn validate(&self) -> anyhow::Result<()> {
+        use crate::domain::{
+            parse_event_kinds, validate_webhook_description, validate_webhook_secret,
+            validate_webhook_url,
+        };
+        for (value, name) in [
+            (self.backoff_base_secs, "DALS_WEBHOOKS__BACKOFF_BASE_SECS"),
+            (self.backoff_max_secs, "DALS_WEBHOOKS__BACKOFF_MAX_SECS"),
+            (self.timeout_secs, "DALS_WEBHOOKS__TIMEOUT_SECS"),
+            (self.poll_interval_secs, "DALS_WEBHOOKS__POLL_INTERVAL_SECS"),
+        ] {
+            if !(value.is_finite() && value > 0.0) {
+                bail!("invalid settings: {name} must be a positive number of seconds, got {value}");
+            }
+        }
+        if self.backoff_max_secs < self.backoff_base_secs {
+            bail!(
+                "invalid settings: DALS_WEBHOOKS__BACKOFF_MAX_SECS ({}) must be at least \
+                 DALS_WEBHOOKS__BACKOFF_BASE_SECS ({})",
+                self.backoff_max_secs,
+                self.backoff_base_secs
+            );
+        }
+        if !(1..=1000).contains(&self.max_attempts) {
+            bail!(
+                "invalid settings: DALS_WEBHOOKS__MAX_ATTEMPTS must be 1-1000, got {}",
+                self.max_attempts
+            );
+        }
+        for (i, endpoint) in self.endpoints.iter().enumerate() {
+            let field = |name: &str, rule: String| {
+                anyhow::anyhow!("invalid settings: webhooks.endpoints[{i}].{name} {rule}")
+            };
+            validate_webhook_url(&endpoint.url).map_err(|r| field("url", r))?;
+            validate_webhook_secret(&endpoint.secret).map_err(|r| field("secret", r))?;
+            validate_webhook_description(&endpoint.description)
+                .map_err(|r| field("description", r))?;
+            parse_event_kinds(&endpoint.events).map_err(|(_, r)| field("events", r))?;
+        }
+        Ok(())
+    }
+}
+
 /// Log output.
 #[derive(Debug, Clone, Deserialize)]
 pub struct LogSettings {
@@ -136,6 +216,16 @@ heartbeat_days = 7
 
 [remediation]
 restart_on_stale = false
+
+[webhooks]
+max_attempts = 15
+backoff_base_secs = 5.0
+backoff_max_secs = 3600.0
+timeout_secs = 10.0
+poll_interval_secs = 1.0
+
+[metrics]
+listen = ""
 
 [log]
 format = "auto"
@@ -239,6 +329,7 @@ impl Settings {
         if self.retention.heartbeat_days < 1 {
             bail!("invalid settings: DALS_RETENTION__HEARTBEAT_DAYS must be at least 1");
         }
+        self.webhooks.validate()?;
         url::Url::parse(&self.database.url)
             .ok()
             .filter(|u| matches!(u.scheme(), "postgres" | "postgresql"))

@@ -4,6 +4,7 @@ mod catalog;
 mod commands;
 mod history;
 mod liveness;
+mod webhooks;
 mod workers;
 
 use std::time::Duration;
@@ -19,6 +20,9 @@ pub use catalog::{
 pub use commands::{CommandRow, QueueOutcome};
 pub use history::{DeploymentRow, EventRow, StreamEventRow};
 pub use liveness::{Lapse, LivenessState, StaleCandidates, sweep};
+pub use webhooks::{
+    AttemptOutcome, AttemptRow, ClaimedDelivery, DeliveryRow, NewWebhook, Settled, WebhookRow,
+};
 pub use workers::{
     DeregisterOutcome, FamilyStatusCount, FleetCounts, HeartbeatOutcome, ListFilter, ListOrder,
     NewDeployment, WorkerRow,

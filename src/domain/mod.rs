@@ -4,6 +4,8 @@ mod catalog;
 mod command;
 mod model;
 mod serial;
+pub mod signature;
+mod webhook;
 mod worker;
 
 pub use catalog::{
@@ -13,6 +15,10 @@ pub use catalog::{
 pub use command::{COMMAND_REASON_MAX_CHARS, WorkerCommand, validate_command_reason};
 pub use model::{FamilyCode, ModelNumber};
 pub use serial::{SerialNumber, deployment_counter};
+pub use webhook::{
+    EVENT_KINDS, WEBHOOK_DESCRIPTION_MAX_CHARS, backoff_secs, parse_event_kinds,
+    validate_webhook_description, validate_webhook_secret, validate_webhook_url,
+};
 pub use worker::{
     WorkerStatus, validate_api_url, validate_user_id, validate_worker_name, validate_worker_type,
 };

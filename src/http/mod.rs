@@ -8,6 +8,7 @@ mod health;
 mod liveness;
 mod stream;
 mod views;
+mod webhooks;
 mod workers;
 
 use std::sync::Arc;
@@ -54,6 +55,7 @@ pub fn router(state: AppState) -> Router {
         .merge(catalog::router())
         .merge(liveness::router())
         .merge(stream::router())
+        .merge(webhooks::router())
         .fallback(|| async { ApiError::NotFound("no such endpoint".to_string()) })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .with_state(state)
