@@ -6,6 +6,7 @@ pub mod error;
 pub mod events;
 pub mod http;
 pub mod liveness;
+pub mod metrics;
 pub mod ops;
 pub mod remote;
 pub mod settings;
@@ -24,6 +25,7 @@ use tokio_util::task::AbortOnDropHandle;
 use crate::db::Db;
 use crate::events::EventBus;
 use crate::http::AppState;
+use crate::metrics::Metrics;
 use crate::settings::{Settings, secs};
 
 /// Connects to the database, applies migrations and serves on `listener` until `shutdown`
@@ -50,12 +52,14 @@ pub async fn launch_with_db(
     let instance = uuid::Uuid::new_v4().to_string();
     let events = EventBus::default();
     let stopping = CancellationToken::new();
+    let metrics = Metrics::new();
     let state = AppState {
         db: db.clone(),
         settings: settings.clone(),
         instance: instance.clone().into(),
         events: events.clone(),
         stopping: stopping.clone(),
+        metrics: metrics.clone(),
     };
 
     // Background tasks: aborted with this future (as when a test kills the registry),
@@ -76,8 +80,29 @@ pub async fn launch_with_db(
         settings.retention.clone(),
         instance.clone(),
     )
-    .with_remediation(settings.remediation.clone());
+    .with_remediation(settings.remediation.clone())
+    .with_metrics(metrics);
     let sweeper = AbortOnDropHandle::new(tokio::spawn(sweeper.run(cancel.clone())));
+
+    let metrics_listener = match settings.metrics.listen_addr()? {
+        Some(metrics_addr) => {
+            let metrics_listener = TcpListener::bind(metrics_addr)
+                .await
+                .with_context(|| format!("cannot listen for metrics on {metrics_addr}"))?;
+            tracing::info!(addr = %metrics_addr, "metrics listening");
+            let app = http::metrics_router(state.clone());
+            let stop = cancel.clone();
+            Some(AbortOnDropHandle::new(tokio::spawn(async move {
+                let served = axum::serve(metrics_listener, app)
+                    .with_graceful_shutdown(async move { stop.cancelled().await })
+                    .await;
+                if let Err(e) = served {
+                    tracing::error!(error = %e, "metrics listener failed");
+                }
+            })))
+        }
+        None => None,
+    };
 
     let addr = listener
         .local_addr()
@@ -107,6 +132,9 @@ pub async fn launch_with_db(
     cancel.cancel();
     let _ = sweeper.await;
     let _ = listener_task.await;
+    if let Some(metrics_listener) = metrics_listener {
+        let _ = metrics_listener.await;
+    }
     let _ = deliverer.await;
     db.close().await;
     served?;

@@ -18,7 +18,31 @@ pub struct Settings {
     pub retention: RetentionSettings,
     pub remediation: RemediationSettings,
     pub webhooks: WebhookSettings,
+    pub metrics: MetricsSettings,
     pub log: LogSettings,
+}
+
+/// Where Prometheus metrics are served.
+#[derive(Debug, Clone, Deserialize)]
+pub struct MetricsSettings {
+    /// A separate `host:port` for `/metrics`; empty serves it on the API listener.
+    pub listen: String,
+}
+
+impl MetricsSettings {
+    /// The separate metrics address, if one is set.
+    pub fn listen_addr(&self) -> anyhow::Result<Option<SocketAddr>> {
+        let listen = self.listen.trim();
+        if listen.is_empty() {
+            return Ok(None);
+        }
+        listen.parse().map(Some).map_err(|_| {
+            anyhow::anyhow!(
+                "invalid settings: DALS_METRICS__LISTEN must be host:port such as 0.0.0.0:9090, \
+                 got {listen:?}"
+            )
+        })
+    }
 }
 
 /// Where and how the HTTP server listens.
@@ -329,6 +353,7 @@ impl Settings {
         if self.retention.heartbeat_days < 1 {
             bail!("invalid settings: DALS_RETENTION__HEARTBEAT_DAYS must be at least 1");
         }
+        self.metrics.listen_addr()?;
         self.webhooks.validate()?;
         url::Url::parse(&self.database.url)
             .ok()

@@ -47,12 +47,17 @@ pub struct NewDeployment {
 }
 
 /// What a heartbeat found.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum HeartbeatOutcome {
-    Updated,
+    /// Recorded; with the seconds since the worker's previous heartbeat, if it had one.
+    Updated {
+        since_previous: Option<f64>,
+    },
     UnknownWorker,
     Deregistered,
-    SerialMismatch { current: String },
+    SerialMismatch {
+        current: String,
+    },
 }
 
 /// What a deregistration found.
@@ -163,9 +168,9 @@ impl Db {
         worker_name: &str,
         serial_number: Option<&str>,
     ) -> Result<HeartbeatOutcome, sqlx::Error> {
-        let row: Option<(String, String, bool)> = sqlx::query_as(
+        let row: Option<(String, String, bool, Option<f64>)> = sqlx::query_as(
             "WITH current AS (
-                 SELECT worker_name, serial_number, status FROM workers
+                 SELECT worker_name, serial_number, status, last_heartbeat_at FROM workers
                  WHERE worker_name = $1 FOR UPDATE
              ), beat AS (
                  UPDATE workers w
@@ -194,7 +199,9 @@ impl Db {
                         from_status, 'active', 'heartbeat received', at
                  FROM beat WHERE from_status <> 'active'
              )
-             SELECT c.status, c.serial_number, EXISTS (SELECT 1 FROM beat) FROM current c",
+             SELECT c.status, c.serial_number, EXISTS (SELECT 1 FROM beat),
+                    extract(epoch FROM (SELECT at FROM beat) - c.last_heartbeat_at)::float8
+             FROM current c",
         )
         .bind(worker_name)
         .bind(serial_number)
@@ -202,9 +209,11 @@ impl Db {
         .await?;
         Ok(match row {
             None => HeartbeatOutcome::UnknownWorker,
-            Some((_, _, true)) => HeartbeatOutcome::Updated,
-            Some((status, _, false)) if status == "deregistered" => HeartbeatOutcome::Deregistered,
-            Some((_, current, false)) => HeartbeatOutcome::SerialMismatch { current },
+            Some((_, _, true, since_previous)) => HeartbeatOutcome::Updated { since_previous },
+            Some((status, _, false, _)) if status == "deregistered" => {
+                HeartbeatOutcome::Deregistered
+            }
+            Some((_, current, false, _)) => HeartbeatOutcome::SerialMismatch { current },
         })
     }
 

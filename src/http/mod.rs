@@ -6,6 +6,7 @@ mod commands;
 mod extract;
 mod health;
 mod liveness;
+mod metrics;
 mod stream;
 mod views;
 mod webhooks;
@@ -27,6 +28,7 @@ pub use extract::{ApiPath, ApiQuery, JsonBody};
 use crate::db::Db;
 use crate::error::ApiError;
 use crate::events::EventBus;
+use crate::metrics::{Metrics, track_http};
 use crate::settings::{Settings, secs};
 
 /// Largest request body accepted.
@@ -43,21 +45,33 @@ pub struct AppState {
     pub events: EventBus,
     /// Cancelled when shutdown begins, so that endless responses (event streams) end.
     pub stopping: CancellationToken,
+    pub metrics: Metrics,
 }
 
 /// The whole HTTP application.
 pub fn router(state: AppState) -> Router {
     let timeout = secs(state.settings.server.request_timeout_secs);
+    // `/metrics` is here unless it has a listener of its own (see `metrics_router`).
+    let metrics_here = state.settings.metrics.listen.trim().is_empty();
     Router::new()
         .merge(health::router())
         .merge(workers::router())
-        .merge(commands::router())
         .merge(catalog::router())
+        .merge(commands::router())
         .merge(liveness::router())
         .merge(stream::router())
         .merge(webhooks::router())
         .fallback(|| async { ApiError::NotFound("no such endpoint".to_string()) })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        .merge(if metrics_here {
+            metrics::router()
+        } else {
+            Router::new()
+        })
+        .layer(axum::middleware::from_fn_with_state(
+            state.metrics.clone(),
+            track_http,
+        ))
         .with_state(state)
         .layer(DefaultBodyLimit::max(BODY_LIMIT_BYTES))
         .layer(
@@ -69,6 +83,11 @@ pub fn router(state: AppState) -> Router {
                 .layer(HandleErrorLayer::new(timeout_error))
                 .timeout(timeout),
         )
+}
+
+/// The router of a separate metrics listener.
+pub fn metrics_router(state: AppState) -> Router {
+    metrics::router().with_state(state)
 }
 
 async fn timeout_error(err: BoxError) -> ApiError {

@@ -19,6 +19,7 @@ use crate::domain::{
     validate_worker_name, validate_worker_type,
 };
 use crate::error::ApiError;
+use crate::metrics::Metrics;
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -118,6 +119,11 @@ async fn register(
         serial = %row.serial_number,
         "worker registered"
     );
+    state
+        .metrics
+        .registrations
+        .with_label_values(&[row.family.as_str()])
+        .inc();
     Ok(Json(Registered {
         worker: row.into(),
         warnings,
@@ -150,13 +156,14 @@ async fn heartbeat(
             "requires serial_number (commands belong to one deployment)",
         ));
     }
-    match state
+    let outcome = state
         .db
         .heartbeat(&name, req.serial_number.as_deref())
-        .await?
-    {
+        .await?;
+    record_heartbeat(&state.metrics, &outcome);
+    match outcome {
         // The design document's body, exactly, for workers that do not send their serial.
-        HeartbeatOutcome::Updated => match req.serial_number.as_deref() {
+        HeartbeatOutcome::Updated { .. } => match req.serial_number.as_deref() {
             None => Ok(Json(json!({ "status": "updated", "worker": name }))),
             Some(serial) => {
                 let acked = req.acked_commands.unwrap_or_default();
@@ -183,6 +190,21 @@ async fn heartbeat(
             sent: req.serial_number.unwrap_or_default(),
         }),
     }
+}
+
+fn record_heartbeat(metrics: &Metrics, outcome: &HeartbeatOutcome) {
+    let label = match outcome {
+        HeartbeatOutcome::Updated { since_previous } => {
+            if let Some(secs) = since_previous {
+                metrics.heartbeat_interval.observe(*secs);
+            }
+            "updated"
+        }
+        HeartbeatOutcome::UnknownWorker => "unknown_worker",
+        HeartbeatOutcome::Deregistered => "deregistered",
+        HeartbeatOutcome::SerialMismatch { .. } => "serial_mismatch",
+    };
+    metrics.heartbeats.with_label_values(&[label]).inc();
 }
 
 /// Query parameters of `GET /api/workers/list`.

@@ -10,6 +10,7 @@ use sqlx::PgConnection;
 use tokio_util::sync::CancellationToken;
 
 use crate::db::{Db, Lapse, StaleCandidates, sweep};
+use crate::metrics::Metrics;
 use crate::settings::{LivenessSettings, RemediationSettings, RetentionSettings, secs};
 
 /// Workers moved per statement, so no sweep holds many row locks at once.
@@ -41,6 +42,7 @@ pub struct Sweeper {
     leader: Option<PgConnection>,
     last_maintenance: Option<Instant>,
     last_brake_warning: Option<Instant>,
+    metrics: Metrics,
 }
 
 impl Sweeper {
@@ -59,12 +61,19 @@ impl Sweeper {
             leader: None,
             last_maintenance: None,
             last_brake_warning: None,
+            metrics: Metrics::default(),
         }
     }
 
     /// Applies the remediation policy (restart-on-stale) to the sweeps.
     pub fn with_remediation(mut self, remediation: RemediationSettings) -> Self {
         self.remediation = remediation;
+        self
+    }
+
+    /// Records sweeps in these metrics.
+    pub fn with_metrics(mut self, metrics: Metrics) -> Self {
+        self.metrics = metrics;
         self
     }
 
@@ -111,7 +120,9 @@ impl Sweeper {
             tracing::debug!(made, dropped, "heartbeat partitions maintained");
             self.last_maintenance = Some(Instant::now());
         }
+        let started = Instant::now();
         let outcome = sweep_once(conn, &self.instance, &self.liveness, &self.remediation).await?;
+        self.record(outcome, started.elapsed());
         if let SweepOutcome::BrakeHeld {
             candidates,
             newly_engaged,
@@ -129,6 +140,27 @@ impl Sweeper {
             self.last_brake_warning = Some(Instant::now());
         }
         Ok(())
+    }
+}
+
+impl Sweeper {
+    fn record(&self, outcome: SweepOutcome, took: Duration) {
+        let m = &self.metrics;
+        m.sweep_duration.observe(took.as_secs_f64());
+        let label = match outcome {
+            SweepOutcome::Grace => "grace",
+            SweepOutcome::BrakeHeld { .. } => "brake_held",
+            SweepOutcome::Swept { stale, offline } => {
+                m.sweep_transitions
+                    .with_label_values(&["stale"])
+                    .inc_by(stale.max(0) as u64);
+                m.sweep_transitions
+                    .with_label_values(&["offline"])
+                    .inc_by(offline.max(0) as u64);
+                "swept"
+            }
+        };
+        m.sweeps.with_label_values(&[label]).inc();
     }
 }
 
