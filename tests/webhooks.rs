@@ -506,6 +506,34 @@ async fn a_registry_killed_mid_delivery_leaves_it_to_the_next_once_its_claim_exp
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hanging_receiver_does_not_hold_up_the_others() {
+    let hanging = Receiver::start().await;
+    hanging.set_mode(Mode::Hang);
+    let healthy = Receiver::start().await;
+    // The hung request takes the whole timeout; the healthy receiver must not wait for it.
+    let app = TestApp::spawn_with(|s| {
+        fast(s);
+        s.webhooks.timeout_secs = 20.0;
+    })
+    .await;
+    subscribe(&app, &hanging.url("/"), &["deregistered"]).await;
+    let webhook = subscribe(&app, &healthy.url("/"), &["deregistered"]).await;
+    register_and_deregister(&app, "First-user_1").await;
+    hanging.wait_for_requests(1).await;
+    wait_delivered(&app, webhook, 1).await;
+
+    let started = Instant::now();
+    register_and_deregister(&app, "Second-user_1").await;
+    let got = healthy.wait_for_requests(2).await;
+    assert_eq!(got[1].json()["worker_name"], "Second-user_1");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "the second delivery waited {:?} for the hung one",
+        started.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_subscribed_kinds_reach_enabled_endpoints() {
     let receiver = Receiver::start().await;
     let app = TestApp::spawn_with(fast).await;

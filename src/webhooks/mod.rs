@@ -8,11 +8,13 @@
 //! so a missed notification delays a delivery but never loses it. Delivery is at least once:
 //! receivers deduplicate by the `X-DALS-Delivery` header.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use reqwest::header::{CONTENT_TYPE, USER_AGENT};
 use tokio::sync::broadcast;
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::db::{AttemptOutcome, ClaimedDelivery, Db, NewWebhook, Settled};
@@ -22,8 +24,8 @@ use crate::domain::signature::{
 use crate::domain::{backoff_secs, parse_event_kinds};
 use crate::settings::{WebhookSettings, secs};
 
-/// Deliveries claimed (and sent concurrently) at a time.
-const BATCH: i64 = 8;
+/// Deliveries one replica sends at once.
+const CONCURRENCY: usize = 8;
 /// How long a claim outlives the request timeout, for recording the attempt.
 const CLAIM_MARGIN_SECS: f64 = 5.0;
 /// The shortest pause between rounds, so a delivery due right now never spins the loop.
@@ -71,12 +73,18 @@ pub async fn apply_settings_endpoints(db: &Db, settings: &WebhookSettings) -> an
 
 /// The delivery task of one replica.
 pub struct Deliverer {
-    db: Db,
-    settings: WebhookSettings,
-    instance: String,
-    client: reqwest::Client,
+    sender: Sender,
     /// Wake-ups on new worker events; `None` once the bus is gone (then polling alone).
     wake: Option<broadcast::Receiver<()>>,
+}
+
+/// What sending one delivery takes; cloned into each delivery's task.
+#[derive(Clone)]
+struct Sender {
+    db: Db,
+    settings: Arc<WebhookSettings>,
+    instance: Arc<str>,
+    client: reqwest::Client,
 }
 
 impl Deliverer {
@@ -94,20 +102,46 @@ impl Deliverer {
             .build()
             .context("building the webhook HTTP client")?;
         Ok(Deliverer {
-            db,
-            settings,
-            instance,
-            client,
+            sender: Sender {
+                db,
+                settings: Arc::new(settings),
+                instance: instance.into(),
+                client,
+            },
             wake: Some(wake),
         })
     }
 
-    /// Sends due deliveries until cancelled, then gives up its claims.
+    /// Sends due deliveries until cancelled, then gives up its claims. Each delivery runs as
+    /// a task of its own, at most `CONCURRENCY` at once, so a receiver that hangs until the
+    /// timeout holds one slot, not the deliveries to everyone else.
     pub async fn run(mut self, cancel: CancellationToken) {
+        let poll = secs(self.sender.settings.poll_interval_secs);
+        let mut in_flight: JoinSet<()> = JoinSet::new();
         loop {
-            let pause = tokio::select! {
-                () = cancel.cancelled() => break,
-                pause = self.round() => pause,
+            while in_flight.try_join_next().is_some() {}
+            let free = CONCURRENCY - in_flight.len();
+            let pause = if free == 0 {
+                poll
+            } else {
+                match self.claim(free).await {
+                    Ok(batch) => {
+                        let full = batch.len() == free;
+                        for claimed in batch {
+                            in_flight.spawn(self.sender.clone().deliver(claimed));
+                        }
+                        // A full batch may leave more due now: claim again at once.
+                        if full {
+                            Duration::ZERO
+                        } else {
+                            self.next_due(poll).await
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot claim webhook deliveries; will retry");
+                        poll
+                    }
+                }
             };
             let woken = async {
                 match self.wake.as_mut() {
@@ -121,12 +155,21 @@ impl Deliverer {
             tokio::select! {
                 () = cancel.cancelled() => break,
                 () = tokio::time::sleep(pause) => {}
+                // A freed slot may take a delivery that is due.
+                Some(_) = in_flight.join_next(), if !in_flight.is_empty() => {}
                 woken = woken => if !woken {
                     self.wake = None;
                 }
             }
         }
-        match self.db.release_delivery_claims(&self.instance).await {
+        // Attempts cut short are not recorded; their claims are released for any replica.
+        in_flight.shutdown().await;
+        match self
+            .sender
+            .db
+            .release_delivery_claims(&self.sender.instance)
+            .await
+        {
             Ok(0) => {}
             Ok(released) => tracing::info!(released, "webhook delivery claims released"),
             Err(e) => tracing::warn!(error = %e, "cannot release webhook delivery claims"),
@@ -134,29 +177,18 @@ impl Deliverer {
         tracing::debug!("webhook deliverer stopped");
     }
 
-    /// Sends everything due now; returns how long to wait for the next due delivery.
-    async fn round(&mut self) -> Duration {
-        let poll = secs(self.settings.poll_interval_secs);
-        let lock_secs = self.settings.timeout_secs + CLAIM_MARGIN_SECS;
-        loop {
-            let batch = match self
-                .db
-                .claim_deliveries(&self.instance, BATCH, lock_secs)
-                .await
-            {
-                Ok(batch) => batch,
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot claim webhook deliveries; will retry");
-                    return poll;
-                }
-            };
-            let claimed = batch.len();
-            futures::future::join_all(batch.iter().map(|d| self.deliver(d))).await;
-            if claimed < BATCH as usize {
-                break;
-            }
-        }
-        match self.db.next_delivery_due_in().await {
+    /// Claims up to `free` due deliveries.
+    async fn claim(&self, free: usize) -> Result<Vec<ClaimedDelivery>, sqlx::Error> {
+        let lock_secs = self.sender.settings.timeout_secs + CLAIM_MARGIN_SECS;
+        self.sender
+            .db
+            .claim_deliveries(&self.sender.instance, free as i64, lock_secs)
+            .await
+    }
+
+    /// How long to wait for the next due delivery, at most `poll`.
+    async fn next_due(&self, poll: Duration) -> Duration {
+        match self.sender.db.next_delivery_due_in().await {
             Ok(Some(due_in)) => Duration::from_secs_f64(due_in.max(0.0))
                 .max(MIN_PAUSE)
                 .min(poll),
@@ -167,14 +199,16 @@ impl Deliverer {
             }
         }
     }
+}
 
+impl Sender {
     /// One attempt of one claimed delivery, recorded.
-    async fn deliver(&self, claimed: &ClaimedDelivery) {
-        let outcome = self.attempt(claimed).await;
+    async fn deliver(self, claimed: ClaimedDelivery) {
+        let outcome = self.attempt(&claimed).await;
         match self
             .db
             .record_attempt(
-                claimed,
+                &claimed,
                 &self.instance,
                 self.settings.max_attempts,
                 &outcome,
