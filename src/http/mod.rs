@@ -3,6 +3,7 @@
 
 mod catalog;
 mod commands;
+mod dashboard;
 mod extract;
 mod health;
 mod liveness;
@@ -55,6 +56,7 @@ pub fn router(state: AppState) -> Router {
     let metrics_here = state.settings.metrics.listen.trim().is_empty();
     Router::new()
         .merge(health::router())
+        .merge(dashboard::router())
         .merge(workers::router())
         .merge(catalog::router())
         .merge(commands::router())
