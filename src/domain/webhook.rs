@@ -1,7 +1,7 @@
 //! Webhook endpoints' rules: which events they may subscribe to, their URL and secret, and
 //! the retry schedule of their deliveries.
 
-/// The event kinds an endpoint may subscribe to: every kind of `worker_events`.
+/// Every kind of `worker_events`: what webhooks subscribe to and event streams filter on.
 pub const EVENT_KINDS: [&str; 9] = [
     "registered",
     "re_registered",
