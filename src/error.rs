@@ -4,7 +4,8 @@
 use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde_json::{Value, json};
+use serde::Serialize;
+use utoipa::ToSchema;
 
 /// Seconds a client is asked to wait when the database is unreachable.
 const RETRY_AFTER_SECS: &str = "5";
@@ -94,29 +95,57 @@ impl ApiError {
         }
     }
 
-    fn body(&self) -> Value {
-        let mut body = json!({ "error": self.code(), "message": self.to_string() });
+    fn body(&self) -> ErrorBody {
+        let mut body = ErrorBody {
+            error: self.code().to_string(),
+            message: self.to_string(),
+            ..ErrorBody::default()
+        };
         match self {
             ApiError::Validation { field, rule } => {
-                body["field"] = json!(field);
-                body["rule"] = json!(rule);
+                body.field = Some(field.clone());
+                body.rule = Some(rule.clone());
             }
             ApiError::WorkerNotFound(name) | ApiError::WorkerDeregistered(name) => {
-                body["worker"] = json!(name);
+                body.worker = Some(name.clone());
             }
             ApiError::SerialMismatch {
                 worker,
                 current,
                 sent,
             } => {
-                body["worker"] = json!(worker);
-                body["current_serial_number"] = json!(current);
-                body["serial_number"] = json!(sent);
+                body.worker = Some(worker.clone());
+                body.current_serial_number = Some(current.clone());
+                body.serial_number = Some(sent.clone());
             }
             _ => {}
         }
         body
     }
+}
+
+/// The JSON body of every error answer.
+#[derive(Debug, Default, Serialize, ToSchema)]
+pub struct ErrorBody {
+    /// A stable, machine-readable code, e.g. `validation_failed`, `worker_not_found`.
+    pub error: String,
+    /// What went wrong and, where it helps, what to do.
+    pub message: String,
+    /// The field (or query parameter) that broke a rule (422 only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+    /// The rule the field broke (422 only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rule: Option<String>,
+    /// The worker concerned (404, 409, 410 on worker endpoints).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub worker: Option<String>,
+    /// The worker's current deployment (409 `serial_mismatch`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub current_serial_number: Option<String>,
+    /// The serial the request carried (409 `serial_mismatch`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub serial_number: Option<String>,
 }
 
 impl IntoResponse for ApiError {

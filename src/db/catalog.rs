@@ -16,7 +16,7 @@ macro_rules! entry_columns {
 }
 
 /// One entry of the model catalog, with its family's name.
-#[derive(Debug, Clone, Serialize, FromRow)]
+#[derive(Debug, Clone, Serialize, FromRow, utoipa::ToSchema)]
 pub struct CatalogEntry {
     pub worker_type: String,
     pub family: String,
@@ -27,7 +27,7 @@ pub struct CatalogEntry {
 }
 
 /// A model family and its catalog entries.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct FamilyWithEntries {
     pub code: String,
     pub name: String,

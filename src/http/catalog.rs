@@ -16,7 +16,7 @@ use crate::domain::{
     FamilyCode, GENERIC_WORKER_TYPE, ModelNumber, parse_generation, validate_catalog_worker_type,
     validate_description, validate_family_name,
 };
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorBody};
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -29,7 +29,20 @@ pub fn router() -> Router<AppState> {
 }
 
 /// `{worker_type: model_number}`, as the design document shows it; this shape is binding.
-async fn catalog(State(state): State<AppState>) -> Result<Json<Map<String, Value>>, ApiError> {
+/// `{worker_type: model_number}`, as the design document shows it.
+#[utoipa::path(
+    get,
+    path = "/api/workers/models/catalog",
+    tag = "catalog",
+    responses(
+        (status = 200, description = "worker_type -> model number", body = std::collections::BTreeMap<String, String>,
+         example = json!({"truemark": "DMN-TM-01", "regent": "DMN-RG-01"})),
+        (status = 503, description = "Database unreachable (with Retry-After)", body = ErrorBody),
+    )
+)]
+pub(crate) async fn catalog(
+    State(state): State<AppState>,
+) -> Result<Json<Map<String, Value>>, ApiError> {
     let entries = state.db.catalog().await?;
     Ok(Json(
         entries
@@ -41,12 +54,15 @@ async fn catalog(State(state): State<AppState>) -> Result<Json<Map<String, Value
 
 /// The body of `POST /api/workers/models/catalog`. Unknown fields are refused, so a
 /// misspelt optional field is not silently dropped.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewEntryRequest {
+    #[schema(required = true, example = "new-worker-type")]
     pub worker_type: Option<String>,
+    #[schema(required = true, example = "NW")]
     pub family: Option<String>,
     /// A wide integer, so that 0 or 300 get the 1-99 rule rather than a type error.
+    #[schema(required = true, example = 1)]
     pub generation: Option<i64>,
     pub description: Option<String>,
     /// Required when `family` is new.
@@ -55,7 +71,7 @@ pub struct NewEntryRequest {
 }
 
 /// The body of `PATCH /api/workers/models/catalog/{worker_type}`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PatchEntryRequest {
     pub description: Option<String>,
@@ -99,7 +115,20 @@ fn family_spec(name: Option<String>, description: Option<String>) -> Result<Fami
 }
 
 /// Adds a worker type (and its family, when new): 201 with the full entry.
-async fn add(
+#[utoipa::path(
+    post,
+    path = "/api/workers/models/catalog",
+    tag = "catalog",
+    request_body = NewEntryRequest,
+    responses(
+        (status = 201, description = "Added", body = CatalogEntry),
+        (status = 400, description = "Malformed JSON", body = ErrorBody),
+        (status = 409, description = "The worker_type exists (`catalog_entry_exists`) or the family differs (`family_mismatch`)", body = ErrorBody),
+        (status = 422, description = "A field breaks its rule", body = ErrorBody),
+        (status = 503, description = "Database unreachable (with Retry-After)", body = ErrorBody),
+    )
+)]
+pub(crate) async fn add(
     State(state): State<AppState>,
     JsonBody(req): JsonBody<NewEntryRequest>,
 ) -> Result<(StatusCode, Json<CatalogEntry>), ApiError> {
@@ -131,7 +160,18 @@ async fn add(
 }
 
 /// One catalog entry in full.
-async fn entry(
+#[utoipa::path(
+    get,
+    path = "/api/workers/models/catalog/{worker_type}",
+    tag = "catalog",
+    params(("worker_type" = String, Path, description = "A catalog key")),
+    responses(
+        (status = 200, description = "The entry", body = CatalogEntry),
+        (status = 404, description = "No such entry", body = ErrorBody),
+        (status = 503, description = "Database unreachable (with Retry-After)", body = ErrorBody),
+    )
+)]
+pub(crate) async fn entry(
     State(state): State<AppState>,
     ApiPath(worker_type): ApiPath<String>,
 ) -> Result<Json<CatalogEntry>, ApiError> {
@@ -144,7 +184,21 @@ async fn entry(
 }
 
 /// Changes an entry's description, family or generation.
-async fn update(
+#[utoipa::path(
+    patch,
+    path = "/api/workers/models/catalog/{worker_type}",
+    tag = "catalog",
+    params(("worker_type" = String, Path, description = "A catalog key")),
+    request_body = PatchEntryRequest,
+    responses(
+        (status = 200, description = "Changed", body = CatalogEntry),
+        (status = 404, description = "No such entry", body = ErrorBody),
+        (status = 409, description = "A live worker uses it (`catalog_entry_in_use`), or it is protected", body = ErrorBody),
+        (status = 422, description = "A field breaks its rule", body = ErrorBody),
+        (status = 503, description = "Database unreachable (with Retry-After)", body = ErrorBody),
+    )
+)]
+pub(crate) async fn update(
     State(state): State<AppState>,
     ApiPath(worker_type): ApiPath<String>,
     JsonBody(req): JsonBody<PatchEntryRequest>,
@@ -182,7 +236,19 @@ async fn update(
 }
 
 /// Deletes an entry no live worker has; answers with the deleted entry.
-async fn remove(
+#[utoipa::path(
+    delete,
+    path = "/api/workers/models/catalog/{worker_type}",
+    tag = "catalog",
+    params(("worker_type" = String, Path, description = "A catalog key")),
+    responses(
+        (status = 200, description = "Deleted; the entry as it was", body = CatalogEntry),
+        (status = 404, description = "No such entry", body = ErrorBody),
+        (status = 409, description = "A live worker uses it (`catalog_entry_in_use`), or it is `generic` (`catalog_entry_protected`)", body = ErrorBody),
+        (status = 503, description = "Database unreachable (with Retry-After)", body = ErrorBody),
+    )
+)]
+pub(crate) async fn remove(
     State(state): State<AppState>,
     ApiPath(worker_type): ApiPath<String>,
 ) -> Result<Json<CatalogEntry>, ApiError> {
@@ -192,7 +258,18 @@ async fn remove(
 }
 
 /// Every family with its catalog entries.
-async fn families(State(state): State<AppState>) -> Result<Json<Vec<FamilyWithEntries>>, ApiError> {
+#[utoipa::path(
+    get,
+    path = "/api/workers/models/families",
+    tag = "catalog",
+    responses(
+        (status = 200, description = "Families with their entries", body = Vec<FamilyWithEntries>),
+        (status = 503, description = "Database unreachable (with Retry-After)", body = ErrorBody),
+    )
+)]
+pub(crate) async fn families(
+    State(state): State<AppState>,
+) -> Result<Json<Vec<FamilyWithEntries>>, ApiError> {
     Ok(Json(state.db.families().await?))
 }
 

@@ -6,13 +6,12 @@ use axum::http::StatusCode;
 use axum::routing::get;
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
 
 use super::views::iso;
 use super::{ApiPath, ApiQuery, AppState, JsonBody};
 use crate::db::{CommandRow, QueueOutcome};
 use crate::domain::{WorkerCommand, validate_command_reason};
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorBody};
 
 pub fn router() -> Router<AppState> {
     Router::new().route(
@@ -22,7 +21,7 @@ pub fn router() -> Router<AppState> {
 }
 
 /// A command as the API shows it, in listings and in heartbeat responses.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct CommandView {
     pub id: i64,
     pub worker_name: String,
@@ -58,8 +57,10 @@ impl From<CommandRow> for CommandView {
 }
 
 /// The body of `POST /api/workers/{name}/commands`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct QueueRequest {
+    /// `restart`.
+    #[schema(required = true, example = "restart")]
     pub command: Option<String>,
     /// Why, for the worker's log and the command history.
     pub reason: Option<String>,
@@ -67,7 +68,22 @@ pub struct QueueRequest {
 
 /// Queues a command for the worker's current deployment: 202, delivered on its next
 /// heartbeat. A command already open for that deployment is answered instead of a second.
-async fn queue_command(
+#[utoipa::path(
+    post,
+    path = "/api/workers/{name}/commands",
+    tag = "commands",
+    params(("name" = String, Path, description = "The worker's name, percent-encoded")),
+    request_body = QueueRequest,
+    responses(
+        (status = 202, description = "Queued (or the open command of that kind)", body = CommandView),
+        (status = 400, description = "Malformed JSON", body = ErrorBody),
+        (status = 404, description = "No such worker", body = ErrorBody),
+        (status = 410, description = "The worker deregistered", body = ErrorBody),
+        (status = 422, description = "Unknown command or a bad reason", body = ErrorBody),
+        (status = 503, description = "Database unreachable (with Retry-After)", body = ErrorBody),
+    )
+)]
+pub(crate) async fn queue_command(
     State(state): State<AppState>,
     ApiPath(name): ApiPath<String>,
     JsonBody(req): JsonBody<QueueRequest>,
@@ -100,18 +116,39 @@ async fn queue_command(
 }
 
 /// Paging of a worker's commands.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct CommandsParams {
     /// How many, 1-500 (default 50).
     pub limit: Option<i64>,
 }
 
+/// A worker's commands.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct CommandsPage {
+    pub worker_name: String,
+    /// Newest first.
+    pub commands: Vec<CommandView>,
+}
+
 /// A worker's commands across its deployments, newest first.
-async fn list_commands(
+#[utoipa::path(
+    get,
+    path = "/api/workers/{name}/commands",
+    tag = "commands",
+    params(("name" = String, Path, description = "The worker's name, percent-encoded"), CommandsParams),
+    responses(
+        (status = 200, description = "The commands", body = CommandsPage),
+        (status = 404, description = "No such worker", body = ErrorBody),
+        (status = 422, description = "`limit` out of range", body = ErrorBody),
+        (status = 503, description = "Database unreachable (with Retry-After)", body = ErrorBody),
+    )
+)]
+pub(crate) async fn list_commands(
     State(state): State<AppState>,
     ApiPath(name): ApiPath<String>,
     ApiQuery(params): ApiQuery<CommandsParams>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<CommandsPage>, ApiError> {
     let limit = params.limit.unwrap_or(50);
     if !(1..=500).contains(&limit) {
         return Err(ApiError::validation("limit", "must be from 1 to 500"));
@@ -126,5 +163,8 @@ async fn list_commands(
         .into_iter()
         .map(Into::into)
         .collect();
-    Ok(Json(json!({ "worker_name": name, "commands": commands })))
+    Ok(Json(CommandsPage {
+        worker_name: name,
+        commands,
+    }))
 }

@@ -31,7 +31,16 @@ pub fn router() -> Router<AppState> {
 }
 
 /// Serves the dashboard; answers 304 when the browser already holds this version.
-async fn dashboard(request_headers: HeaderMap) -> Response {
+#[utoipa::path(
+    get,
+    path = "/",
+    tag = "operations",
+    responses(
+        (status = 200, description = "The status dashboard (also at /dashboard)", content_type = "text/html", body = String),
+        (status = 304, description = "The browser's copy is current"),
+    )
+)]
+pub(crate) async fn dashboard(request_headers: HeaderMap) -> Response {
     let mut headers = HeaderMap::new();
     headers.insert(header::ETAG, HeaderValue::from_static(ETAG));
     // Revalidate on every load so an upgraded registry never serves a stale page from cache;

@@ -8,6 +8,7 @@ mod extract;
 mod health;
 mod liveness;
 mod metrics;
+mod openapi;
 mod stream;
 mod views;
 mod webhooks;
@@ -25,6 +26,7 @@ use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::trace::TraceLayer;
 
 pub use extract::{ApiPath, ApiQuery, JsonBody};
+pub use openapi::ApiDoc;
 
 use crate::db::Db;
 use crate::error::ApiError;
@@ -62,6 +64,7 @@ pub fn router(state: AppState) -> Router {
         .merge(commands::router())
         .merge(liveness::router())
         .merge(stream::router())
+        .merge(openapi::router())
         .merge(webhooks::router())
         .fallback(|| async { ApiError::NotFound("no such endpoint".to_string()) })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })

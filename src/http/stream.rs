@@ -21,7 +21,7 @@ use super::views::EventView;
 use super::{ApiQuery, AppState};
 use crate::db::StreamEventRow;
 use crate::domain::{EVENT_KINDS, FamilyCode};
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorBody};
 
 /// How long a gap in event ids may be an uncommitted transaction rather than a rollback.
 const GAP_WAIT: Duration = Duration::from_secs(1);
@@ -35,7 +35,8 @@ pub fn router() -> Router<AppState> {
 }
 
 /// Filters of the stream; each is optional.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct StreamParams {
     /// Only this worker's events.
     pub worker: Option<String>,
@@ -69,7 +70,25 @@ impl Filter {
     }
 }
 
-async fn stream(
+/// Every worker event as it happens, as server-sent events (`text/event-stream`): each
+/// message has `id:` (the event id, increasing), `event:` (`worker`, or `brake` for
+/// fleet-wide events) and `data:` (the event as JSON). Send `Last-Event-ID` to resume.
+#[utoipa::path(
+    get,
+    path = "/api/workers/events/stream",
+    tag = "events",
+    params(
+        StreamParams,
+        ("Last-Event-ID" = Option<i64>, Header, description = "Resume after this event id"),
+    ),
+    responses(
+        (status = 200, description = "A stream of events; each `data:` is one event", content_type = "text/event-stream", body = EventView),
+        (status = 400, description = "`Last-Event-ID` is not an integer", body = ErrorBody),
+        (status = 422, description = "A filter breaks its rule", body = ErrorBody),
+        (status = 503, description = "Database unreachable (with Retry-After)", body = ErrorBody),
+    )
+)]
+pub(crate) async fn stream(
     State(state): State<AppState>,
     headers: HeaderMap,
     ApiQuery(params): ApiQuery<StreamParams>,

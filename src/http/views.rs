@@ -2,7 +2,8 @@
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Serialize;
-use serde_json::{Value, json};
+use serde_json::Value;
+use utoipa::ToSchema;
 
 use crate::db::{DeploymentRow, EventRow, LivenessState, WorkerRow};
 use crate::settings::LivenessSettings;
@@ -18,7 +19,7 @@ pub fn iso(at: DateTime<Utc>) -> String {
 }
 
 /// A worker as every endpoint shows it: the design document's fields first, then ours.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct WorkerView {
     pub worker_name: String,
     pub worker_type: String,
@@ -36,6 +37,8 @@ pub struct WorkerView {
     pub status_changed_at: String,
     pub family: String,
     pub generation: i16,
+    /// The object the worker sent at registration.
+    #[schema(value_type = Object)]
     pub metadata: Value,
 }
 
@@ -63,7 +66,7 @@ impl From<WorkerRow> for WorkerView {
 }
 
 /// One event of the history.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct EventView {
     pub id: i64,
     pub worker_name: Option<String>,
@@ -91,7 +94,7 @@ impl From<EventRow> for EventView {
 }
 
 /// One deployment of a worker name.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct DeploymentView {
     pub serial_number: String,
     pub model_number: String,
@@ -118,22 +121,60 @@ impl From<DeploymentRow> for DeploymentView {
     }
 }
 
-/// The sweeper's brake and grace, as `/api/workers/status` shows them.
-pub fn liveness_view(state: &LivenessState, settings: &LivenessSettings) -> Value {
-    json!({
-        "brake": {
-            "engaged": state.brake_engaged_at.is_some(),
-            "held_since": state.brake_engaged_at.map(iso),
-            "held_transitions": state.brake_held,
-            "live_workers": state.brake_live,
-            "fraction": settings.brake_fraction,
-            "min_workers": settings.brake_min_workers,
-            "release_requested_at": state.brake_release_requested_at.map(iso),
-        },
-        "grace_until": state.grace_until.filter(|until| *until > state.now).map(iso),
-        "sweeper": {
-            "instance": state.sweeper_instance,
-            "last_sweep_at": state.last_sweep_at.map(iso),
-        },
-    })
+/// The sweeper brake, as `/api/workers/status` shows it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct BrakeView {
+    /// Whether stale transitions are being held.
+    pub engaged: bool,
+    pub held_since: Option<String>,
+    /// Stale transitions held back.
+    pub held_transitions: i32,
+    /// The live fleet when the brake last looked.
+    pub live_workers: i32,
+    /// `DALS_LIVENESS__BRAKE_FRACTION`.
+    pub fraction: f64,
+    /// `DALS_LIVENESS__BRAKE_MIN_WORKERS`.
+    pub min_workers: i64,
+    /// When an operator released it (the next sweep applies what it held).
+    pub release_requested_at: Option<String>,
+}
+
+/// The replica that sweeps.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SweeperView {
+    pub instance: Option<String>,
+    pub last_sweep_at: Option<String>,
+}
+
+/// The sweeper's brake, grace and leader.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct LivenessView {
+    pub brake: BrakeView,
+    /// No worker is marked stale before this time (after a registry outage); null otherwise.
+    pub grace_until: Option<String>,
+    pub sweeper: SweeperView,
+}
+
+impl LivenessView {
+    pub fn new(state: &LivenessState, settings: &LivenessSettings) -> Self {
+        LivenessView {
+            brake: BrakeView {
+                engaged: state.brake_engaged_at.is_some(),
+                held_since: state.brake_engaged_at.map(iso),
+                held_transitions: state.brake_held,
+                live_workers: state.brake_live,
+                fraction: settings.brake_fraction,
+                min_workers: settings.brake_min_workers,
+                release_requested_at: state.brake_release_requested_at.map(iso),
+            },
+            grace_until: state
+                .grace_until
+                .filter(|until| *until > state.now)
+                .map(iso),
+            sweeper: SweeperView {
+                instance: state.sweeper_instance.clone(),
+                last_sweep_at: state.last_sweep_at.map(iso),
+            },
+        }
+    }
 }

@@ -16,7 +16,7 @@ use crate::db::{AttemptRow, DeliveryRow, NewWebhook, WebhookRow};
 use crate::domain::{
     parse_event_kinds, validate_webhook_description, validate_webhook_secret, validate_webhook_url,
 };
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorBody};
 use crate::webhooks::generate_secret;
 
 /// The routes of `/api/webhooks`.
@@ -29,9 +29,14 @@ pub fn router() -> Router<AppState> {
 
 /// The body of `POST /api/webhooks`. Fields are optional here so that a missing one is
 /// reported by name rather than as a parse failure.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct CreateWebhook {
+    /// An http(s) URL.
+    #[schema(required = true, example = "http://orchestrator:9000/dals")]
     pub url: Option<String>,
+    /// Event kinds to receive: stale, offline, recovered, deregistered, brake (both brake
+    /// kinds), or any other worker event kind.
+    #[schema(required = true, example = json!(["stale", "offline", "recovered"]))]
     pub events: Option<Vec<String>>,
     /// Generated when absent.
     pub secret: Option<String>,
@@ -40,7 +45,7 @@ pub struct CreateWebhook {
 }
 
 /// An endpoint as the API shows it: never with its secret (but once, at creation).
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct WebhookView {
     pub id: i64,
     pub url: String,
@@ -50,7 +55,8 @@ pub struct WebhookView {
     /// `api` or `settings` (from `[[webhooks.endpoints]]` of the settings file).
     pub source: String,
     pub created_at: String,
-    /// Deliveries by status.
+    /// Deliveries by status: `{"pending": n, "delivered": n, "failed": n}`.
+    #[schema(value_type = Object)]
     pub deliveries: Value,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub secret: Option<String>,
@@ -77,7 +83,7 @@ impl From<WebhookRow> for WebhookView {
 }
 
 /// One delivery with every attempt at it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct DeliveryView {
     pub id: i64,
     pub event_id: i64,
@@ -92,11 +98,12 @@ pub struct DeliveryView {
     pub last_error: Option<String>,
     pub attempts: Vec<AttemptView>,
     /// The request body exactly as recorded, signed and sent.
+    #[schema(value_type = Object)]
     pub payload: Box<RawValue>,
 }
 
 /// One attempt at a delivery.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct AttemptView {
     pub attempt: i32,
     pub at: String,
@@ -153,7 +160,19 @@ fn not_found(id: i64) -> ApiError {
 }
 
 /// Creates an endpoint; the answer holds its secret, which is never shown again.
-async fn create(
+#[utoipa::path(
+    post,
+    path = "/api/webhooks",
+    tag = "webhooks",
+    request_body = CreateWebhook,
+    responses(
+        (status = 201, description = "Created; `secret` is shown this once", body = WebhookView),
+        (status = 400, description = "Malformed JSON", body = ErrorBody),
+        (status = 422, description = "A field breaks its rule", body = ErrorBody),
+        (status = 503, description = "Database unreachable (with Retry-After)", body = ErrorBody),
+    )
+)]
+pub(crate) async fn create(
     State(state): State<AppState>,
     JsonBody(req): JsonBody<CreateWebhook>,
 ) -> Result<(StatusCode, Json<WebhookView>), ApiError> {
@@ -196,8 +215,23 @@ async fn create(
     Ok((StatusCode::CREATED, Json(view)))
 }
 
+/// Every webhook endpoint.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct WebhooksPage {
+    pub webhooks: Vec<WebhookView>,
+}
+
 /// Every endpoint, without secrets.
-async fn list(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+#[utoipa::path(
+    get,
+    path = "/api/webhooks",
+    tag = "webhooks",
+    responses(
+        (status = 200, description = "The endpoints", body = WebhooksPage),
+        (status = 503, description = "Database unreachable (with Retry-After)", body = ErrorBody),
+    )
+)]
+pub(crate) async fn list(State(state): State<AppState>) -> Result<Json<WebhooksPage>, ApiError> {
     let webhooks: Vec<WebhookView> = state
         .db
         .webhooks()
@@ -205,10 +239,23 @@ async fn list(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
         .into_iter()
         .map(Into::into)
         .collect();
-    Ok(Json(json!({ "webhooks": webhooks })))
+    Ok(Json(WebhooksPage { webhooks }))
 }
 
-async fn one(
+/// One endpoint, without its secret.
+#[utoipa::path(
+    get,
+    path = "/api/webhooks/{id}",
+    tag = "webhooks",
+    params(("id" = i64, Path, description = "The endpoint's id")),
+    responses(
+        (status = 200, description = "The endpoint", body = WebhookView),
+        (status = 400, description = "The id is not a number", body = ErrorBody),
+        (status = 404, description = "No such endpoint", body = ErrorBody),
+        (status = 503, description = "Database unreachable (with Retry-After)", body = ErrorBody),
+    )
+)]
+pub(crate) async fn one(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<WebhookView>, ApiError> {
@@ -218,7 +265,19 @@ async fn one(
 }
 
 /// Deletes an endpoint with its pending deliveries and history; answers what it was.
-async fn delete(
+#[utoipa::path(
+    delete,
+    path = "/api/webhooks/{id}",
+    tag = "webhooks",
+    params(("id" = i64, Path, description = "The endpoint's id")),
+    responses(
+        (status = 200, description = "Deleted; the endpoint as it was", body = WebhookView),
+        (status = 400, description = "The id is not a number", body = ErrorBody),
+        (status = 404, description = "No such endpoint", body = ErrorBody),
+        (status = 503, description = "Database unreachable (with Retry-After)", body = ErrorBody),
+    )
+)]
+pub(crate) async fn delete(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<WebhookView>, ApiError> {
@@ -233,7 +292,8 @@ async fn delete(
 }
 
 /// Paging and filter of an endpoint's deliveries.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct DeliveriesParams {
     /// Deliveries with an id below this one (the previous page's `next_before`).
     pub before: Option<i64>,
@@ -243,12 +303,35 @@ pub struct DeliveriesParams {
     pub status: Option<String>,
 }
 
+/// A page of an endpoint's deliveries.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct DeliveriesPage {
+    pub webhook_id: i64,
+    /// Newest first.
+    pub deliveries: Vec<DeliveryView>,
+    /// Pass as `before` for the next page; null on the last page.
+    pub next_before: Option<i64>,
+}
+
 /// An endpoint's deliveries, newest first, each with its attempts and payload.
-async fn deliveries(
+#[utoipa::path(
+    get,
+    path = "/api/webhooks/{id}/deliveries",
+    tag = "webhooks",
+    params(("id" = i64, Path, description = "The endpoint's id"), DeliveriesParams),
+    responses(
+        (status = 200, description = "A page of deliveries", body = DeliveriesPage),
+        (status = 400, description = "The id is not a number", body = ErrorBody),
+        (status = 404, description = "No such endpoint", body = ErrorBody),
+        (status = 422, description = "`limit` or `status` breaks its rule", body = ErrorBody),
+        (status = 503, description = "Database unreachable (with Retry-After)", body = ErrorBody),
+    )
+)]
+pub(crate) async fn deliveries(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<String>,
     ApiQuery(params): ApiQuery<DeliveriesParams>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<DeliveriesPage>, ApiError> {
     let id = webhook_id(&id)?;
     let limit = params.limit.unwrap_or(50);
     if !(1..=500).contains(&limit) {
@@ -287,7 +370,9 @@ async fn deliveries(
             DeliveryView::new(row, mine)
         })
         .collect::<Result<Vec<_>, _>>()?;
-    Ok(Json(
-        json!({ "webhook_id": id, "deliveries": views, "next_before": next_before }),
-    ))
+    Ok(Json(DeliveriesPage {
+        webhook_id: id,
+        deliveries: views,
+        next_before,
+    }))
 }

@@ -8,17 +8,20 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use futures::{StreamExt, TryStreamExt};
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value, json};
+use std::collections::BTreeMap;
+
+use serde_json::{Map, Value};
+use utoipa::{IntoParams, ToSchema};
 
 use super::commands::CommandView;
-use super::views::{DeploymentView, EventView, WorkerView, liveness_view};
+use super::views::{DeploymentView, EventView, LivenessView, WorkerView};
 use super::{ApiPath, ApiQuery, AppState, JsonBody};
 use crate::db::{DeregisterOutcome, HeartbeatOutcome, ListFilter, ListOrder, NewDeployment};
 use crate::domain::{
     FamilyCode, ModelNumber, WorkerStatus, validate_api_url, validate_user_id,
     validate_worker_name, validate_worker_type,
 };
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorBody};
 use crate::metrics::Metrics;
 
 pub fn router() -> Router<AppState> {
@@ -34,20 +37,31 @@ pub fn router() -> Router<AppState> {
 
 /// The body of `POST /api/workers/register`. Fields are optional here so that a missing one
 /// is reported by name rather than as a parse failure.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 pub struct RegisterRequest {
+    /// 1-128 characters, no control characters, not a word of the API (`list`, `status`, ...).
+    #[schema(required = true, example = "Josephine-user_123")]
     pub name: Option<String>,
+    /// A key of the model catalog; unknown types register as Generic (DMN-GN-01).
+    #[schema(required = true, example = "truemark")]
     pub worker_type: Option<String>,
+    /// An http(s) URL of at most 2048 characters.
+    #[schema(required = true, example = "http://localhost:8080")]
     pub api_url: Option<String>,
+    /// 1-128 characters.
+    #[schema(required = true, example = "user_123")]
     pub user_id: Option<String>,
+    /// Anything the worker wants kept with its deployment.
+    #[schema(value_type = Option<Object>)]
     pub metadata: Option<Map<String, Value>>,
 }
 
 /// The answer to a registration: the worker plus anything the client should know.
-#[derive(Debug, Serialize)]
-struct Registered {
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Registered {
     #[serde(flatten)]
     worker: WorkerView,
+    /// Notes for the worker, e.g. that its worker_type is not in the catalog.
     warnings: Vec<String>,
     /// The heartbeat interval the registry asks for.
     heartbeat_interval_secs: f64,
@@ -67,7 +81,21 @@ fn required(
     Ok(value)
 }
 
-async fn register(
+/// Registers a worker (a new deployment with a new serial number).
+#[utoipa::path(
+    post,
+    path = "/api/workers/register",
+    tag = "workers",
+    request_body = RegisterRequest,
+    responses(
+        (status = 200, description = "Registered", body = Registered),
+        (status = 400, description = "Malformed JSON", body = ErrorBody),
+        (status = 413, description = "Body over 64 KiB", body = ErrorBody),
+        (status = 422, description = "A field is missing or breaks its rule", body = ErrorBody),
+        (status = 503, description = "Database unreachable (with Retry-After)", body = ErrorBody),
+    )
+)]
+pub(crate) async fn register(
     State(state): State<AppState>,
     JsonBody(req): JsonBody<RegisterRequest>,
 ) -> Result<Json<Registered>, ApiError> {
@@ -133,8 +161,9 @@ async fn register(
 }
 
 /// The body of `POST /api/workers/heartbeat`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 pub struct HeartbeatRequest {
+    #[schema(required = true, example = "Josephine-user_123")]
     pub worker_name: Option<String>,
     /// When given, the heartbeat counts only if this is still the worker's deployment, and
     /// the answer carries `heartbeat_interval_secs` and the deployment's open `commands`.
@@ -143,10 +172,41 @@ pub struct HeartbeatRequest {
     pub acked_commands: Option<Vec<i64>>,
 }
 
-async fn heartbeat(
+/// The answer to a heartbeat. A body without `serial_number` is answered with exactly
+/// `status` and `worker`, as the design document's workers expect.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct HeartbeatAnswer {
+    /// Always `updated`.
+    pub status: &'static str,
+    pub worker: String,
+    /// The interval the registry wants (only when the heartbeat carried `serial_number`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub heartbeat_interval_secs: Option<f64>,
+    /// Open operator commands for this deployment (only with `serial_number`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub commands: Option<Vec<CommandView>>,
+}
+
+/// Records a heartbeat: the worker becomes `active`.
+#[utoipa::path(
+    post,
+    path = "/api/workers/heartbeat",
+    tag = "workers",
+    request_body = HeartbeatRequest,
+    responses(
+        (status = 200, description = "Recorded", body = HeartbeatAnswer),
+        (status = 400, description = "Malformed JSON", body = ErrorBody),
+        (status = 404, description = "No such worker (`worker_not_found`): register first", body = ErrorBody),
+        (status = 409, description = "`serial_number` is not the current deployment (`serial_mismatch`)", body = ErrorBody),
+        (status = 410, description = "The worker deregistered (`worker_deregistered`)", body = ErrorBody),
+        (status = 422, description = "`worker_name` missing or a field of the wrong type", body = ErrorBody),
+        (status = 503, description = "Database unreachable (with Retry-After)", body = ErrorBody),
+    )
+)]
+pub(crate) async fn heartbeat(
     State(state): State<AppState>,
     JsonBody(req): JsonBody<HeartbeatRequest>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<HeartbeatAnswer>, ApiError> {
     let name = req
         .worker_name
         .ok_or_else(|| ApiError::validation("worker_name", "is required"))?;
@@ -164,7 +224,12 @@ async fn heartbeat(
     match outcome {
         // The design document's body, exactly, for workers that do not send their serial.
         HeartbeatOutcome::Updated { .. } => match req.serial_number.as_deref() {
-            None => Ok(Json(json!({ "status": "updated", "worker": name }))),
+            None => Ok(Json(HeartbeatAnswer {
+                status: "updated",
+                worker: name,
+                heartbeat_interval_secs: None,
+                commands: None,
+            })),
             Some(serial) => {
                 let acked = req.acked_commands.unwrap_or_default();
                 let commands: Vec<CommandView> = state
@@ -174,12 +239,12 @@ async fn heartbeat(
                     .into_iter()
                     .map(Into::into)
                     .collect();
-                Ok(Json(json!({
-                    "status": "updated",
-                    "worker": name,
-                    "heartbeat_interval_secs": state.settings.liveness.heartbeat_interval_secs,
-                    "commands": commands,
-                })))
+                Ok(Json(HeartbeatAnswer {
+                    status: "updated",
+                    worker: name,
+                    heartbeat_interval_secs: Some(state.settings.liveness.heartbeat_interval_secs),
+                    commands: Some(commands),
+                }))
             }
         },
         HeartbeatOutcome::UnknownWorker => Err(ApiError::WorkerNotFound(name)),
@@ -208,15 +273,21 @@ fn record_heartbeat(metrics: &Metrics, outcome: &HeartbeatOutcome) {
 }
 
 /// Query parameters of `GET /api/workers/list`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ListParams {
+    /// `registered`, `active`, `stale`, `offline` or `deregistered`; without it, every worker
+    /// but the deregistered ones.
     pub status: Option<String>,
     pub worker_type: Option<String>,
+    /// A family code such as `TM`.
     pub family: Option<String>,
     pub user_id: Option<String>,
     /// `deployed_at` (default), `-deployed_at`, `name` or `-name`.
     pub sort: Option<String>,
+    /// At most this many workers (1 or more).
     pub limit: Option<i64>,
+    /// Skip this many.
     pub offset: Option<i64>,
 }
 
@@ -264,7 +335,18 @@ impl ListParams {
 
 /// Streams the list as a JSON array: the fleet is never held in memory. The first row is
 /// fetched before answering so that an unreachable database is a clean 503.
-async fn list(
+#[utoipa::path(
+    get,
+    path = "/api/workers/list",
+    tag = "workers",
+    params(ListParams),
+    responses(
+        (status = 200, description = "The matching workers", body = Vec<WorkerView>),
+        (status = 422, description = "A filter breaks its rule", body = ErrorBody),
+        (status = 503, description = "Database unreachable (with Retry-After)", body = ErrorBody),
+    )
+)]
+pub(crate) async fn list(
     State(state): State<AppState>,
     ApiQuery(params): ApiQuery<ListParams>,
 ) -> Result<Response, ApiError> {
@@ -305,7 +387,20 @@ fn to_json(view: WorkerView, comma: bool) -> Bytes {
     Bytes::from(out)
 }
 
-async fn worker(
+/// One worker, whatever its status.
+#[utoipa::path(
+    get,
+    path = "/api/workers/{name}",
+    tag = "workers",
+    params(("name" = String, Path, description = "The worker's name, percent-encoded")),
+    responses(
+        (status = 200, description = "The worker", body = WorkerView),
+        (status = 400, description = "The name is not valid percent-encoded UTF-8", body = ErrorBody),
+        (status = 404, description = "No such worker", body = ErrorBody),
+        (status = 503, description = "Database unreachable (with Retry-After)", body = ErrorBody),
+    )
+)]
+pub(crate) async fn worker(
     State(state): State<AppState>,
     ApiPath(name): ApiPath<String>,
 ) -> Result<Json<WorkerView>, ApiError> {
@@ -317,51 +412,91 @@ async fn worker(
         .ok_or(ApiError::WorkerNotFound(name))
 }
 
-async fn status(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+/// Workers per status.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct StatusCounts {
+    pub registered: i64,
+    pub active: i64,
+    pub stale: i64,
+    pub offline: i64,
+    pub deregistered: i64,
+}
+
+/// The registry's status, as the design document shows it, plus counts and the sweeper.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct FleetStatus {
+    pub available: bool,
+    /// Workers that have not deregistered.
+    pub total_workers: i64,
+    pub active_workers: i64,
+    /// Sorted family codes of the workers that have not deregistered.
+    pub model_families: Vec<String>,
+    pub counts: StatusCounts,
+    /// Family code -> status -> workers.
+    pub by_family: BTreeMap<String, BTreeMap<String, i64>>,
+    #[serde(flatten)]
+    pub liveness: LivenessView,
+}
+
+#[utoipa::path(
+    get,
+    path = "/api/workers/status",
+    tag = "workers",
+    responses(
+        (status = 200, description = "Fleet status", body = FleetStatus),
+        (status = 503, description = "Database unreachable (with Retry-After)", body = ErrorBody),
+    )
+)]
+pub(crate) async fn status(State(state): State<AppState>) -> Result<Json<FleetStatus>, ApiError> {
     let counts = state.db.fleet_counts().await?;
-    let by_family = state.db.fleet_by_family().await?;
+    let by_family_rows = state.db.fleet_by_family().await?;
     let liveness = state.db.liveness_state().await?;
-    let mut families = Map::new();
-    for row in by_family {
-        let entry = families
+    let mut by_family: BTreeMap<String, BTreeMap<String, i64>> = BTreeMap::new();
+    for row in by_family_rows {
+        by_family
             .entry(row.family)
-            .or_insert_with(|| json!({}))
-            .as_object_mut()
-            .expect("family entries are objects");
-        entry.insert(row.status, json!(row.workers));
+            .or_default()
+            .insert(row.status, row.workers);
     }
-    let mut body = json!({
-        "available": true,
-        "total_workers": counts.total,
-        "active_workers": counts.active,
-        "model_families": counts.families,
-        "counts": {
-            "registered": counts.registered,
-            "active": counts.active,
-            "stale": counts.stale,
-            "offline": counts.offline,
-            "deregistered": counts.deregistered,
+    Ok(Json(FleetStatus {
+        available: true,
+        total_workers: counts.total,
+        active_workers: counts.active,
+        model_families: counts.families,
+        counts: StatusCounts {
+            registered: counts.registered,
+            active: counts.active,
+            stale: counts.stale,
+            offline: counts.offline,
+            deregistered: counts.deregistered,
         },
-        "by_family": families,
-    });
-    if let (Value::Object(body), Value::Object(extra)) = (
-        &mut body,
-        liveness_view(&liveness, &state.settings.liveness),
-    ) {
-        body.extend(extra);
-    }
-    Ok(Json(body))
+        by_family,
+        liveness: LivenessView::new(&liveness, &state.settings.liveness),
+    }))
 }
 
 /// Query parameters of `DELETE /api/workers/{name}`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct DeregisterParams {
     /// When given, only this deployment may deregister the name.
     pub serial_number: Option<String>,
 }
 
 /// A worker's graceful shutdown. Idempotent; the worker stays in history.
-async fn deregister(
+#[utoipa::path(
+    delete,
+    path = "/api/workers/{name}",
+    tag = "workers",
+    params(("name" = String, Path, description = "The worker's name, percent-encoded"), DeregisterParams),
+    responses(
+        (status = 200, description = "Deregistered (also when it already was)", body = WorkerView),
+        (status = 404, description = "No such worker", body = ErrorBody),
+        (status = 409, description = "`serial_number` is not the current deployment", body = ErrorBody),
+        (status = 503, description = "Database unreachable (with Retry-After)", body = ErrorBody),
+    )
+)]
+pub(crate) async fn deregister(
     State(state): State<AppState>,
     ApiPath(name): ApiPath<String>,
     ApiQuery(params): ApiQuery<DeregisterParams>,
@@ -385,7 +520,8 @@ async fn deregister(
 }
 
 /// Paging of a worker's events.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct EventsParams {
     /// Events with an id below this one (the previous page's `next_before`).
     pub before: Option<i64>,
@@ -393,12 +529,34 @@ pub struct EventsParams {
     pub limit: Option<i64>,
 }
 
+/// A page of a worker's events.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct EventsPage {
+    pub worker_name: String,
+    /// Newest first.
+    pub events: Vec<EventView>,
+    /// Pass as `before` for the next page; null on the last page.
+    pub next_before: Option<i64>,
+}
+
 /// A worker's timeline, newest first, paginated by `before`.
-async fn events(
+#[utoipa::path(
+    get,
+    path = "/api/workers/{name}/events",
+    tag = "workers",
+    params(("name" = String, Path, description = "The worker's name, percent-encoded"), EventsParams),
+    responses(
+        (status = 200, description = "A page of events", body = EventsPage),
+        (status = 404, description = "No such worker", body = ErrorBody),
+        (status = 422, description = "`limit` out of range", body = ErrorBody),
+        (status = 503, description = "Database unreachable (with Retry-After)", body = ErrorBody),
+    )
+)]
+pub(crate) async fn events(
     State(state): State<AppState>,
     ApiPath(name): ApiPath<String>,
     ApiQuery(params): ApiQuery<EventsParams>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<EventsPage>, ApiError> {
     let limit = params.limit.unwrap_or(50);
     if !(1..=500).contains(&limit) {
         return Err(ApiError::validation("limit", "must be from 1 to 500"));
@@ -411,24 +569,44 @@ async fn events(
         .then(|| rows.last().map(|r| r.id))
         .flatten();
     let events: Vec<EventView> = rows.into_iter().map(Into::into).collect();
-    Ok(Json(json!({
-        "worker_name": name,
-        "events": events,
-        "next_before": next_before,
-    })))
+    Ok(Json(EventsPage {
+        worker_name: name,
+        events,
+        next_before,
+    }))
+}
+
+/// Every deployment of a worker name.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DeploymentsPage {
+    pub worker_name: String,
+    /// Newest first.
+    pub deployments: Vec<DeploymentView>,
 }
 
 /// Every deployment of a worker name, newest first.
-async fn deployments(
+#[utoipa::path(
+    get,
+    path = "/api/workers/{name}/deployments",
+    tag = "workers",
+    params(("name" = String, Path, description = "The worker's name, percent-encoded")),
+    responses(
+        (status = 200, description = "The deployments", body = DeploymentsPage),
+        (status = 404, description = "The name never registered", body = ErrorBody),
+        (status = 503, description = "Database unreachable (with Retry-After)", body = ErrorBody),
+    )
+)]
+pub(crate) async fn deployments(
     State(state): State<AppState>,
     ApiPath(name): ApiPath<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<DeploymentsPage>, ApiError> {
     let rows = state.db.deployments(&name).await?;
     if rows.is_empty() {
         return Err(ApiError::WorkerNotFound(name));
     }
     let deployments: Vec<DeploymentView> = rows.into_iter().map(Into::into).collect();
-    Ok(Json(
-        json!({ "worker_name": name, "deployments": deployments }),
-    ))
+    Ok(Json(DeploymentsPage {
+        worker_name: name,
+        deployments,
+    }))
 }
