@@ -612,3 +612,34 @@ async fn the_schema_rejects_what_the_code_must_never_write() {
     .await;
     assert!(again.is_err());
 }
+
+#[tokio::test]
+async fn registration_reads_the_catalog_in_its_own_transaction() {
+    let app = TestApp::spawn().await;
+    // A catalog change in flight (as PATCH makes it) holds the entry...
+    let mut change = app.pool.begin().await.unwrap();
+    sqlx::query("UPDATE model_catalog SET generation = 3 WHERE worker_type = 'goat'")
+        .execute(&mut *change)
+        .await
+        .unwrap();
+    // ...so a registration of that type waits for it, then uses what it committed.
+    let client = app.client.clone();
+    let url = app.url("/api/workers/register");
+    let registration = tokio::spawn(async move {
+        let r = client
+            .post(url)
+            .json(&json!({"name": "g", "worker_type": "goat",
+                          "api_url": "http://h", "user_id": "u"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        r.json::<Value>().await.unwrap()
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(!registration.is_finished(), "registration did not wait for the catalog change");
+    change.commit().await.unwrap();
+    let w = registration.await.unwrap();
+    assert_eq!(w["model_number"], "DMN-GT-03");
+    assert!(is_serial_of(w["serial_number"].as_str().unwrap(), "DMN-GT-03"));
+}

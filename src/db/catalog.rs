@@ -213,22 +213,6 @@ impl Db {
         Ok(families)
     }
 
-    /// The model number a worker type maps to, if the catalog has it.
-    pub async fn model_for(&self, worker_type: &str) -> Result<Option<ModelNumber>, sqlx::Error> {
-        let row: Option<(String, i16)> =
-            sqlx::query_as("SELECT family, generation FROM model_catalog WHERE worker_type = $1")
-                .bind(worker_type)
-                .fetch_optional(&self.pool)
-                .await?;
-        row.map(|(family, generation)| {
-            family
-                .parse()
-                .and_then(|f| ModelNumber::new(f, generation as u8))
-                .map_err(|e| sqlx::Error::Decode(e.into()))
-        })
-        .transpose()
-    }
-
     /// Adds an entry, creating its family first when it is new, in one transaction.
     pub async fn add_catalog_entry(
         &self,

@@ -25,7 +25,7 @@ pub use webhooks::{
 };
 pub use workers::{
     DeregisterOutcome, FamilyStatusCount, FleetCounts, HeartbeatOutcome, ListFilter, ListOrder,
-    NewDeployment, WorkerRow,
+    NewDeployment, RegisterOutcome, WorkerRow,
 };
 
 use crate::settings::{DatabaseSettings, redact_url, secs};

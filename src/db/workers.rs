@@ -5,7 +5,7 @@ use serde_json::Value;
 use sqlx::{FromRow, PgConnection};
 
 use super::{Db, REGISTER_ATTEMPTS, retry_pause};
-use crate::domain::{ModelNumber, SerialNumber, WorkerStatus};
+use crate::domain::{FamilyCode, ModelNumber, SerialNumber, WorkerStatus};
 
 /// The columns of a `WorkerRow`, for `concat!` into statements.
 macro_rules! worker_columns {
@@ -40,10 +40,21 @@ pub struct WorkerRow {
 pub struct NewDeployment {
     pub worker_name: String,
     pub worker_type: String,
-    pub model: ModelNumber,
+    /// Refuse a worker_type missing from the catalog instead of registering it as Generic.
+    pub reject_unknown_type: bool,
     pub api_url: String,
     pub user_id: String,
     pub metadata: Value,
+}
+
+/// What a registration did.
+#[derive(Debug, Clone)]
+pub enum RegisterOutcome {
+    /// Registered; `generic` when the worker_type is not in the catalog and the worker was
+    /// registered under the Generic family.
+    Registered { row: Box<WorkerRow>, generic: bool },
+    /// The worker_type is not in the catalog and unknown types are refused.
+    UnknownType,
 }
 
 /// What a heartbeat found.
@@ -140,15 +151,15 @@ impl Db {
     /// Registers a deployment: a new serial, the name's previous deployment closed, the worker
     /// row (re)set to `registered`, and an event, all in one transaction. Retries when it
     /// loses a race on a unique constraint (a serial collision or the same name at once).
-    pub async fn register(&self, new: &NewDeployment) -> Result<WorkerRow, sqlx::Error> {
+    pub async fn register(&self, new: &NewDeployment) -> Result<RegisterOutcome, sqlx::Error> {
         let mut attempt = 0;
         loop {
             attempt += 1;
             let mut tx = self.pool.begin().await?;
             match register_once(&mut tx, new).await {
-                Ok(row) => {
+                Ok(outcome) => {
                     tx.commit().await?;
-                    return Ok(row);
+                    return Ok(outcome);
                 }
                 Err(e) if is_unique_violation(&e) && attempt < REGISTER_ATTEMPTS => {
                     tx.rollback().await?;
@@ -335,10 +346,45 @@ impl Db {
     }
 }
 
+/// The model a worker type registers as, read under a share lock so that the catalog entry
+/// cannot change or go away until the registration commits; `None` when the type is not in
+/// the catalog.
+async fn catalog_model(
+    conn: &mut PgConnection,
+    worker_type: &str,
+) -> Result<Option<ModelNumber>, sqlx::Error> {
+    let row: Option<(String, i16)> = sqlx::query_as(
+        "SELECT family, generation FROM model_catalog WHERE worker_type = $1 FOR SHARE",
+    )
+    .bind(worker_type)
+    .fetch_optional(&mut *conn)
+    .await?;
+    row.map(|(family, generation)| {
+        family
+            .parse()
+            .and_then(|f| ModelNumber::new(f, generation as u8))
+            .map_err(|e| sqlx::Error::Decode(e.into()))
+    })
+    .transpose()
+}
+
 async fn register_once(
     conn: &mut PgConnection,
     new: &NewDeployment,
-) -> Result<WorkerRow, sqlx::Error> {
+) -> Result<RegisterOutcome, sqlx::Error> {
+    let (model, generic) = match catalog_model(conn, &new.worker_type).await? {
+        Some(model) => (model, false),
+        None if new.reject_unknown_type => return Ok(RegisterOutcome::UnknownType),
+        None => match catalog_model(conn, "generic").await? {
+            Some(model) => (model, true),
+            None => (
+                ModelNumber::new(FamilyCode::generic(), 1)
+                    .map_err(|e| sqlx::Error::Decode(e.into()))?,
+                true,
+            ),
+        },
+    };
+
     // Lock the name first, then read the clock: a registration that waited for another one
     // of the same name is stamped after it.
     let previous: Option<String> =
@@ -358,10 +404,10 @@ async fn register_once(
     .execute(&mut *conn)
     .await?;
 
-    let serial = SerialNumber::generate(new.model.clone(), now).to_string();
-    let family = new.model.family.as_str();
-    let generation = i16::from(new.model.generation);
-    let model_number = new.model.to_string();
+    let serial = SerialNumber::generate(model.clone(), now).to_string();
+    let family = model.family.as_str();
+    let generation = i16::from(model.generation);
+    let model_number = model.to_string();
     sqlx::query(
         "INSERT INTO deployments (serial_number, worker_name, worker_type, family, generation,
                                   model_number, api_url, user_id, metadata, deployed_at)
@@ -428,5 +474,8 @@ async fn register_once(
     .bind(now)
     .execute(&mut *conn)
     .await?;
-    Ok(row)
+    Ok(RegisterOutcome::Registered {
+        row: Box::new(row),
+        generic,
+    })
 }

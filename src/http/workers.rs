@@ -16,10 +16,12 @@ use utoipa::{IntoParams, ToSchema};
 use super::commands::CommandView;
 use super::views::{DeploymentView, EventView, LivenessView, WorkerView};
 use super::{ApiPath, ApiQuery, AppState, JsonBody};
-use crate::db::{DeregisterOutcome, HeartbeatOutcome, ListFilter, ListOrder, NewDeployment};
+use crate::db::{
+    DeregisterOutcome, HeartbeatOutcome, ListFilter, ListOrder, NewDeployment, RegisterOutcome,
+};
 use crate::domain::{
-    FamilyCode, ModelNumber, WorkerStatus, validate_api_url, validate_user_id,
-    validate_worker_name, validate_worker_type,
+    FamilyCode, WorkerStatus, validate_api_url, validate_user_id, validate_worker_name,
+    validate_worker_type,
 };
 use crate::error::{ApiError, ErrorBody};
 use crate::metrics::Metrics;
@@ -104,10 +106,31 @@ pub(crate) async fn register(
     let api_url = required(req.api_url, "api_url", validate_api_url)?;
     let user_id = required(req.user_id, "user_id", validate_user_id)?;
 
-    let mut warnings = Vec::new();
-    let model = match state.db.model_for(&worker_type).await? {
-        Some(model) => model,
-        None if state.settings.registry.reject_unknown_worker_types => {
+    let outcome = state
+        .db
+        .register(&NewDeployment {
+            worker_name,
+            worker_type: worker_type.clone(),
+            reject_unknown_type: state.settings.registry.reject_unknown_worker_types,
+            api_url,
+            user_id,
+            metadata: Value::Object(req.metadata.unwrap_or_default()),
+        })
+        .await?;
+    let (row, warnings) = match outcome {
+        RegisterOutcome::Registered {
+            row,
+            generic: false,
+        } => (*row, Vec::new()),
+        RegisterOutcome::Registered { row, generic: true } => {
+            let warning = format!(
+                "worker_type {worker_type:?} is not in the model catalog; registered under \
+                 the Generic family as {}",
+                row.model_number
+            );
+            (*row, vec![warning])
+        }
+        RegisterOutcome::UnknownType => {
             return Err(ApiError::validation(
                 "worker_type",
                 format!(
@@ -116,32 +139,7 @@ pub(crate) async fn register(
                 ),
             ));
         }
-        None => {
-            let generic = match state.db.model_for("generic").await? {
-                Some(model) => model,
-                None => ModelNumber::new(FamilyCode::generic(), 1).map_err(|e| {
-                    ApiError::Internal(anyhow::anyhow!("generic model number: {e}"))
-                })?,
-            };
-            warnings.push(format!(
-                "worker_type {worker_type:?} is not in the model catalog; registered under \
-                 the Generic family as {generic}"
-            ));
-            generic
-        }
     };
-
-    let row = state
-        .db
-        .register(&NewDeployment {
-            worker_name,
-            worker_type,
-            model,
-            api_url,
-            user_id,
-            metadata: Value::Object(req.metadata.unwrap_or_default()),
-        })
-        .await?;
     tracing::info!(
         worker = %row.worker_name,
         serial = %row.serial_number,
