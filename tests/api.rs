@@ -637,9 +637,15 @@ async fn registration_reads_the_catalog_in_its_own_transaction() {
         r.json::<Value>().await.unwrap()
     });
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-    assert!(!registration.is_finished(), "registration did not wait for the catalog change");
+    assert!(
+        !registration.is_finished(),
+        "registration did not wait for the catalog change"
+    );
     change.commit().await.unwrap();
     let w = registration.await.unwrap();
     assert_eq!(w["model_number"], "DMN-GT-03");
-    assert!(is_serial_of(w["serial_number"].as_str().unwrap(), "DMN-GT-03"));
+    assert!(is_serial_of(
+        w["serial_number"].as_str().unwrap(),
+        "DMN-GT-03"
+    ));
 }
