@@ -713,6 +713,17 @@ async fn endpoints_of_the_settings_file_are_upserted_by_url() {
     receiver.wait_for_requests(1).await[0]
         .verify(SECRET)
         .expect("signed with the file's secret");
+    // The registry records the delivery once the receiver has answered.
+    let mut recorded = false;
+    for _ in 0..200 {
+        let w = json(app.get(&format!("/api/webhooks/{id}")).await, 200).await;
+        if w["deliveries"]["delivered"] == 1 {
+            recorded = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(recorded, "the delivery was never recorded as delivered");
 
     // A restart with the entry changed updates the same endpoint.
     let database_url = app.database_url.clone();

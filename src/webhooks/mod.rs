@@ -162,8 +162,15 @@ impl Deliverer {
                 }
             }
         }
-        // Attempts cut short are not recorded; their claims are released for any replica.
-        in_flight.shutdown().await;
+        // Attempts in flight get the delivery timeout to finish and be recorded; those cut
+        // short are not recorded, and their claims are released for any replica.
+        let drain = async { while in_flight.join_next().await.is_some() {} };
+        if tokio::time::timeout(secs(self.sender.settings.timeout_secs), drain)
+            .await
+            .is_err()
+        {
+            in_flight.shutdown().await;
+        }
         match self
             .sender
             .db
