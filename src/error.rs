@@ -170,6 +170,10 @@ impl From<sqlx::Error> for ApiError {
     fn from(err: sqlx::Error) -> Self {
         if is_unavailable(&err) {
             ApiError::DatabaseUnavailable
+        } else if matches!(&err, sqlx::Error::Database(db) if db.code().as_deref() == Some("22021"))
+        {
+            // Text PostgreSQL cannot store (a NUL byte) that slipped past input checks.
+            ApiError::BadRequest("the request carries text with a NUL character".to_string())
         } else {
             ApiError::Internal(err.into())
         }

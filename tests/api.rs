@@ -649,3 +649,49 @@ async fn registration_reads_the_catalog_in_its_own_transaction() {
         "DMN-GT-03"
     ));
 }
+
+#[tokio::test]
+async fn nul_characters_are_refused_wherever_they_come() {
+    let app = TestApp::spawn().await;
+    app.register("w", "truemark").await;
+    let bodies = [
+        ("/api/workers/heartbeat", json!({"worker_name": "a\u{0}b"}), "worker_name"),
+        (
+            "/api/workers/heartbeat",
+            json!({"worker_name": "w", "serial_number": "x\u{0}"}),
+            "serial_number",
+        ),
+        (
+            "/api/workers/register",
+            json!({"name": "n", "worker_type": "truemark", "api_url": "http://h",
+                   "user_id": "u", "metadata": {"k": ["ok", "a\u{0}b"]}}),
+            "metadata.k[1]",
+        ),
+        (
+            "/api/workers/register",
+            json!({"name": "n", "worker_type": "truemark", "api_url": "http://h",
+                   "user_id": "u", "metadata": {"k\u{0}": 1}}),
+            "metadata.k\u{0}",
+        ),
+    ];
+    for (path, body, field) in bodies {
+        let e = json(app.post(path, &body).await, 422).await;
+        assert_eq!(e["field"], field, "{body}");
+        assert!(e["rule"].as_str().unwrap().contains("NUL"));
+    }
+    for (path, field) in [
+        ("/api/workers/a%00b", "path"),
+        ("/api/workers/a%00b/events", "path"),
+        ("/api/workers/list?user_id=%00", "query"),
+        ("/api/workers/models/catalog/%00", "path"),
+    ] {
+        let e = json(app.get(path).await, 422).await;
+        assert_eq!(e["field"], field, "{path}");
+    }
+    let e = json(app.delete("/api/workers/w?serial_number=%00").await, 422).await;
+    assert_eq!(e["field"], "query");
+    assert_eq!(app.worker("w").await["status"], "registered");
+    // Every method answers JSON, the metrics route included.
+    let r = app.client.post(app.url("/metrics")).send().await.unwrap();
+    assert_eq!(json(r, 405).await["error"], "method_not_allowed");
+}

@@ -297,7 +297,7 @@ impl Db {
                  INSERT INTO worker_events
                      (worker_name, serial_number, kind, from_status, to_status, reason, at)
                  SELECT worker_name, serial_number, 'deregistered', from_status, 'deregistered',
-                        'deregistered by the worker', at
+                        'deregistered (DELETE /api/workers/{name})', at
                  FROM gone
              )
              SELECT c.serial_number,

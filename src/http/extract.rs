@@ -33,13 +33,49 @@ where
         let value: Value =
             serde_json::from_slice(&bytes).map_err(|e| ApiError::MalformedJson(e.to_string()))?;
         if !value.is_object() {
-            return Err(ApiError::MalformedJson(
+            return Err(ApiError::BadRequest(
                 "the body must be a JSON object".to_string(),
             ));
+        }
+        if let Some(path) = nul_in(&value, "") {
+            return Err(ApiError::validation(path, NUL_RULE));
         }
         serde_path_to_error::deserialize(value)
             .map(JsonBody)
             .map_err(|e| ApiError::validation(e.path().to_string(), e.inner().to_string()))
+    }
+}
+
+/// PostgreSQL text cannot hold NUL, so no input may carry one.
+pub const NUL_RULE: &str = "must not contain NUL (\\u0000) characters";
+
+/// The path (`field`, `field.key`, `field[2]`) of the first string or key holding a NUL.
+fn nul_in(value: &Value, path: &str) -> Option<String> {
+    let join = |key: &str| {
+        if path.is_empty() {
+            key.to_string()
+        } else {
+            format!("{path}.{key}")
+        }
+    };
+    match value {
+        Value::String(s) if s.contains('\0') => Some(if path.is_empty() {
+            "body".to_string()
+        } else {
+            path.to_string()
+        }),
+        Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .find_map(|(i, v)| nul_in(v, &format!("{path}[{i}]"))),
+        Value::Object(map) => map.iter().find_map(|(k, v)| {
+            if k.contains('\0') {
+                Some(join(k))
+            } else {
+                nul_in(v, &join(k))
+            }
+        }),
+        _ => None,
     }
 }
 
@@ -63,4 +99,20 @@ impl From<PathRejection> for ApiError {
     fn from(rejection: PathRejection) -> Self {
         ApiError::BadRequest(rejection.body_text())
     }
+}
+
+/// Refuses a request whose path or query string carries a percent-encoded NUL (`%00`),
+/// before any handler could pass it on to PostgreSQL.
+pub async fn reject_nul_in_uri(
+    request: Request,
+    next: axum::middleware::Next,
+) -> Result<axum::response::Response, ApiError> {
+    let uri = request.uri();
+    if uri.path().contains("%00") {
+        return Err(ApiError::validation("path", NUL_RULE));
+    }
+    if uri.query().is_some_and(|q| q.contains("%00")) {
+        return Err(ApiError::validation("query", NUL_RULE));
+    }
+    Ok(next.run(request).await)
 }

@@ -25,6 +25,7 @@ use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::trace::TraceLayer;
 
+use extract::reject_nul_in_uri;
 pub use extract::{ApiPath, ApiQuery, JsonBody};
 pub use openapi::ApiDoc;
 
@@ -66,13 +67,14 @@ pub fn router(state: AppState) -> Router {
         .merge(stream::router())
         .merge(openapi::router())
         .merge(webhooks::router())
-        .fallback(|| async { ApiError::NotFound("no such endpoint".to_string()) })
-        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .merge(if metrics_here {
             metrics::router()
         } else {
             Router::new()
         })
+        .fallback(|| async { ApiError::NotFound("no such endpoint".to_string()) })
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        .layer(axum::middleware::from_fn(reject_nul_in_uri))
         .layer(axum::middleware::from_fn_with_state(
             state.metrics.clone(),
             track_http,
