@@ -54,6 +54,20 @@ impl fmt::Display for CallError {
 impl std::error::Error for CallError {}
 
 /// An HTTP client with the commands' timeout.
+/// Checks a `--url` value: an http(s) URL, for clap's value parser (a bad one exits 2).
+pub fn parse_base_url(value: &str) -> Result<String, String> {
+    match url::Url::parse(value) {
+        Ok(url) if url.scheme() == "http" && url.host().is_some() => Ok(value.to_string()),
+        Ok(url) if url.scheme() == "https" => Err(
+            "https is not supported by this build; use http:// (or a local TLS-terminating proxy)"
+                .to_string(),
+        ),
+        _ => Err(format!(
+            "{value:?} is not a registry URL such as http://127.0.0.1:8003"
+        )),
+    }
+}
+
 pub fn client() -> Result<Client, reqwest::Error> {
     Client::builder().timeout(TIMEOUT).build()
 }

@@ -11,7 +11,12 @@ use crate::remote::{encode, get_json, send_json};
 #[derive(Debug, Args)]
 pub struct VerifyArgs {
     /// Base URL of the registry.
-    #[arg(long, env = "DALS_URL", default_value = "http://127.0.0.1:8003")]
+    #[arg(
+        long,
+        env = "DALS_URL",
+        default_value = "http://127.0.0.1:8003",
+        value_parser = crate::remote::parse_base_url
+    )]
     pub url: String,
     /// Also check that this worker is registered (`--worker` alone checks Josephine-user_123).
     #[arg(long, num_args = 0..=1, default_missing_value = "Josephine-user_123")]

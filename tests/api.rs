@@ -655,7 +655,11 @@ async fn nul_characters_are_refused_wherever_they_come() {
     let app = TestApp::spawn().await;
     app.register("w", "truemark").await;
     let bodies = [
-        ("/api/workers/heartbeat", json!({"worker_name": "a\u{0}b"}), "worker_name"),
+        (
+            "/api/workers/heartbeat",
+            json!({"worker_name": "a\u{0}b"}),
+            "worker_name",
+        ),
         (
             "/api/workers/heartbeat",
             json!({"worker_name": "w", "serial_number": "x\u{0}"}),

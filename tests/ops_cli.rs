@@ -550,3 +550,22 @@ async fn an_unreachable_registry_says_so() {
         String::from_utf8_lossy(&out.stdout)
     );
 }
+
+#[test]
+fn a_bad_url_is_a_command_line_mistake() {
+    for args in [
+        vec!["workers", "list", "--url", "not-a-url"],
+        vec!["verify", "--url", "not-a-url"],
+        vec!["catalog", "list", "--url", "ftp://h"],
+    ] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_dals"))
+            .args(&args)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("is not a registry URL"),
+            "{args:?}"
+        );
+    }
+}

@@ -25,7 +25,8 @@ pub struct Target {
         long,
         global = true,
         env = "DALS_URL",
-        default_value = "http://127.0.0.1:8003"
+        default_value = "http://127.0.0.1:8003",
+        value_parser = crate::remote::parse_base_url
     )]
     pub url: String,
     /// Print the API's JSON answer as it came, for scripts.
