@@ -332,7 +332,9 @@ async fn bad_input_is_a_422_naming_the_field_and_changes_nothing() {
     }
     // Not an object: 400.
     let r = app.post_raw(CATALOG, "[1]").await;
-    assert_eq!(json(r, 400).await["error"], "malformed_json");
+    let err = json(r, 400).await;
+    assert_eq!(err["error"], "bad_request");
+    assert_eq!(err["message"], "the body must be a JSON object");
 
     assert_eq!(catalog_rows(&app).await, before);
     let families: i64 = sqlx::query_scalar("SELECT count(*) FROM model_families")
