@@ -114,8 +114,8 @@ pub enum ListOrder {
     NameDesc,
 }
 
-/// Worker counts for the status endpoint.
-#[derive(Debug, Clone, FromRow)]
+/// Worker counts for the status endpoint, tallied from one per-family-and-status read.
+#[derive(Debug, Clone, Default)]
 pub struct FleetCounts {
     pub total: i64,
     pub registered: i64,
@@ -123,7 +123,32 @@ pub struct FleetCounts {
     pub stale: i64,
     pub offline: i64,
     pub deregistered: i64,
+    /// Sorted codes of the families with a worker that has not deregistered.
     pub families: Vec<String>,
+}
+
+impl FleetCounts {
+    /// Sums the rows of `fleet_by_family` (sorted by family) per status.
+    pub fn tally(rows: &[FamilyStatusCount]) -> Self {
+        let mut counts = FleetCounts::default();
+        for row in rows {
+            let slot = match row.status.as_str() {
+                "registered" => &mut counts.registered,
+                "active" => &mut counts.active,
+                "stale" => &mut counts.stale,
+                "offline" => &mut counts.offline,
+                _ => &mut counts.deregistered,
+            };
+            *slot += row.workers;
+            if row.status != "deregistered" {
+                counts.total += row.workers;
+                if counts.families.last() != Some(&row.family) {
+                    counts.families.push(row.family.clone());
+                }
+            }
+        }
+        counts
+    }
 }
 
 macro_rules! list_sql {
@@ -327,23 +352,6 @@ impl Db {
         .fetch_all(&self.pool)
         .await
     }
-
-    /// Counts per status and the families of the registered (not deregistered) fleet.
-    pub async fn fleet_counts(&self) -> Result<FleetCounts, sqlx::Error> {
-        sqlx::query_as(
-            "SELECT count(*) FILTER (WHERE status <> 'deregistered') AS total,
-                    count(*) FILTER (WHERE status = 'registered') AS registered,
-                    count(*) FILTER (WHERE status = 'active') AS active,
-                    count(*) FILTER (WHERE status = 'stale') AS stale,
-                    count(*) FILTER (WHERE status = 'offline') AS offline,
-                    count(*) FILTER (WHERE status = 'deregistered') AS deregistered,
-                    coalesce(array_agg(DISTINCT family ORDER BY family)
-                             FILTER (WHERE status <> 'deregistered'), '{}') AS families
-             FROM workers",
-        )
-        .fetch_one(&self.pool)
-        .await
-    }
 }
 
 /// The model a worker type registers as, read under a share lock so that the catalog entry
@@ -478,4 +486,36 @@ async fn register_once(
         row: Box::new(row),
         generic,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{FamilyStatusCount, FleetCounts};
+
+    fn row(family: &str, status: &str, workers: i64) -> FamilyStatusCount {
+        FamilyStatusCount {
+            family: family.to_owned(),
+            status: status.to_owned(),
+            workers,
+        }
+    }
+
+    #[test]
+    fn tally_sums_statuses_and_leaves_deregistered_out_of_total_and_families() {
+        let counts = FleetCounts::tally(&[
+            row("GN", "deregistered", 4),
+            row("RG", "active", 2),
+            row("RG", "stale", 1),
+            row("TM", "active", 3),
+            row("TM", "offline", 5),
+            row("TM", "registered", 7),
+        ]);
+        assert_eq!(counts.total, 18);
+        assert_eq!(counts.active, 5);
+        assert_eq!(counts.stale, 1);
+        assert_eq!(counts.offline, 5);
+        assert_eq!(counts.registered, 7);
+        assert_eq!(counts.deregistered, 4);
+        assert_eq!(counts.families, ["RG", "TM"]);
+    }
 }

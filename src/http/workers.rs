@@ -17,7 +17,8 @@ use super::commands::CommandView;
 use super::views::{DeploymentView, EventView, LivenessView, WorkerView};
 use super::{ApiPath, ApiQuery, AppState, JsonBody};
 use crate::db::{
-    DeregisterOutcome, HeartbeatOutcome, ListFilter, ListOrder, NewDeployment, RegisterOutcome,
+    DeregisterOutcome, FleetCounts, HeartbeatOutcome, ListFilter, ListOrder, NewDeployment,
+    RegisterOutcome,
 };
 use crate::domain::{
     FamilyCode, WorkerStatus, validate_api_url, validate_user_id, validate_worker_name,
@@ -446,8 +447,9 @@ pub struct FleetStatus {
     )
 )]
 pub(crate) async fn status(State(state): State<AppState>) -> Result<Json<FleetStatus>, ApiError> {
-    let counts = state.db.fleet_counts().await?;
+    // One read of the fleet: the counts and the families are tallied from it.
     let by_family_rows = state.db.fleet_by_family().await?;
+    let counts = FleetCounts::tally(&by_family_rows);
     let liveness = state.db.liveness_state().await?;
     let mut by_family: BTreeMap<String, BTreeMap<String, i64>> = BTreeMap::new();
     for row in by_family_rows {
