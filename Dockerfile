@@ -1,7 +1,11 @@
 # Multi-stage build of the `dals` binary.
 FROM rust:1-bookworm AS build
 WORKDIR /src
+# Everything the workspace manifest names: the worker client (a member and a dev-dependency)
+# and the declared benchmark, or cargo refuses to load the manifest.
 COPY Cargo.toml Cargo.lock ./
+COPY client ./client
+COPY benches ./benches
 COPY src ./src
 COPY migrations ./migrations
 COPY assets ./assets
