@@ -119,6 +119,15 @@ pub async fn run(args: &VerifyArgs) -> ExitCode {
     // 5. The named worker.
     match &args.worker {
         Some(worker) => match get_json(&client, &api(&format!("/{}", encode(worker)))).await {
+            // Known but gone: it shut down (or was removed) and must register again.
+            Ok(w) if w["status"] == "deregistered" => report.fail(
+                5,
+                &format!(
+                    "{worker} is not registered: it deregistered at {} (serial {})",
+                    w["status_changed_at"].as_str().unwrap_or("?"),
+                    w["serial_number"].as_str().unwrap_or("?")
+                ),
+            ),
             Ok(w) => report.pass(
                 5,
                 &format!(

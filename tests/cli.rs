@@ -97,6 +97,69 @@ async fn verify_passes_against_a_running_registry() {
     .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains("✗ 5."));
+
+    // A worker that deregistered is known but no longer registered: check 5 fails.
+    let r = app.delete("/api/workers/Josephine-user_123").await;
+    assert_eq!(r.status(), 200);
+    let base = app.base.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(DALS)
+            .args(["verify", "--url", &base, "--worker"])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("✗ 5. Josephine-user_123 is not registered: it deregistered"),
+        "{stdout}"
+    );
+}
+
+#[tokio::test]
+async fn migrate_applies_the_schema_and_exits() {
+    let url = common::create_database().await;
+    let run = {
+        let url = url.clone();
+        move || {
+            Command::new(DALS)
+                .arg("migrate")
+                .env("DATABASE_URL", &url)
+                .env("DALS_LOG__LEVEL", "warn")
+                .output()
+                .expect("run dals migrate")
+        }
+    };
+    let out = tokio::task::spawn_blocking(run.clone()).await.unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("migrations applied"));
+
+    let pool = sqlx::PgPool::connect(&url).await.unwrap();
+    let applied: i64 = sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations WHERE success")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(applied as usize, dals_registry::db::MIGRATOR.iter().count());
+    let catalog: i64 = sqlx::query_scalar("SELECT count(*) FROM model_catalog")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(catalog, 8, "the seed catalog");
+    pool.close().await;
+
+    // Running it again is a no-op that still succeeds.
+    let out = tokio::task::spawn_blocking(run).await.unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
