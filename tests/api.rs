@@ -254,11 +254,15 @@ async fn list_filters_and_sorts() {
         ("/api/workers/list?family=tm", "family"),
         ("/api/workers/list?sort=random", "sort"),
         ("/api/workers/list?limit=0", "limit"),
-        ("/api/workers/list?limit=abc", "query"),
+        ("/api/workers/list?limit=abc", "limit"),
+        ("/api/workers/list?offset=-", "offset"),
+        ("/api/workers/list?limit=99999999999999999999", "limit"),
     ] {
         let body = json(app.get(path).await, 422).await;
         assert_eq!(body["field"], field, "{path}: {body}");
     }
+    let body = json(app.get("/api/workers/list?limit=abc").await, 422).await;
+    assert_eq!(body["rule"], "must be an integer", "{body}");
 }
 
 #[tokio::test]
@@ -686,14 +690,15 @@ async fn nul_characters_are_refused_wherever_they_come() {
     for (path, field) in [
         ("/api/workers/a%00b", "path"),
         ("/api/workers/a%00b/events", "path"),
-        ("/api/workers/list?user_id=%00", "query"),
+        ("/api/workers/list?user_id=%00", "user_id"),
+        ("/api/workers/list?status=active&user_id=a%00", "user_id"),
         ("/api/workers/models/catalog/%00", "path"),
     ] {
         let e = json(app.get(path).await, 422).await;
         assert_eq!(e["field"], field, "{path}");
     }
     let e = json(app.delete("/api/workers/w?serial_number=%00").await, 422).await;
-    assert_eq!(e["field"], "query");
+    assert_eq!(e["field"], "serial_number");
     assert_eq!(app.worker("w").await["status"], "registered");
     // Every method answers JSON, the metrics route included.
     let r = app.client.post(app.url("/metrics")).send().await.unwrap();

@@ -2,9 +2,10 @@
 //! type a 422 naming the field, an oversized body a 413.
 
 use axum::body::Bytes;
-use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
+use axum::extract::rejection::{BytesRejection, PathRejection};
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::StatusCode;
+use axum::http::request::Parts;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
@@ -80,20 +81,46 @@ fn nul_in(value: &Value, path: &str) -> Option<String> {
 }
 
 /// Query-string parameters; a value of the wrong type is a 422 naming the parameter.
-#[derive(FromRequestParts)]
-#[from_request(via(axum::extract::Query), rejection(ApiError))]
 pub struct ApiQuery<T>(pub T);
+
+impl<S, T> FromRequestParts<S> for ApiQuery<T>
+where
+    S: Send + Sync,
+    T: DeserializeOwned,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        let query = parts.uri.query().unwrap_or_default();
+        let params =
+            serde_urlencoded::Deserializer::new(url::form_urlencoded::parse(query.as_bytes()));
+        serde_path_to_error::deserialize(params)
+            .map(ApiQuery)
+            .map_err(|e| {
+                let field = match e.path().to_string() {
+                    path if path == "." => "query".to_string(),
+                    path => path,
+                };
+                ApiError::validation(field, query_rule(&e.inner().to_string()))
+            })
+    }
+}
+
+/// The rule a query value broke, from the parser's complaint.
+fn query_rule(complaint: &str) -> String {
+    if complaint.contains("invalid digit") || complaint.contains("cannot parse integer") {
+        "must be an integer".to_string()
+    } else if complaint.contains("too large") || complaint.contains("too small") {
+        "is out of range for an integer".to_string()
+    } else {
+        complaint.to_string()
+    }
+}
 
 /// Path parameters, percent-decoded.
 #[derive(FromRequestParts)]
 #[from_request(via(axum::extract::Path), rejection(ApiError))]
 pub struct ApiPath<T>(pub T);
-
-impl From<QueryRejection> for ApiError {
-    fn from(rejection: QueryRejection) -> Self {
-        ApiError::validation("query", rejection.body_text())
-    }
-}
 
 impl From<PathRejection> for ApiError {
     fn from(rejection: PathRejection) -> Self {
@@ -111,8 +138,15 @@ pub async fn reject_nul_in_uri(
     if uri.path().contains("%00") {
         return Err(ApiError::validation("path", NUL_RULE));
     }
-    if uri.query().is_some_and(|q| q.contains("%00")) {
-        return Err(ApiError::validation("query", NUL_RULE));
+    if let Some(query) = uri.query().filter(|q| q.contains("%00")) {
+        // Name the parameter that carries it (or the first key that is one).
+        let field = url::form_urlencoded::parse(query.as_bytes())
+            .find(|(key, value)| key.contains('\0') || value.contains('\0'))
+            .map_or_else(
+                || "query".to_string(),
+                |(key, _)| key.replace('\0', "\\u0000"),
+            );
+        return Err(ApiError::validation(field, NUL_RULE));
     }
     Ok(next.run(request).await)
 }
