@@ -167,16 +167,80 @@ async fn filters_by_worker_family_and_kind() {
         names.push(e.data["kind"].as_str().unwrap().to_string());
     }
     assert_eq!(names, ["registered", "deregistered"]);
+    // An event keeps the family of its deployment: rg-1 re-registering as a TrueMark worker
+    // does not turn its Regent events into TrueMark ones.
+    app.register("rg-1", "truemark").await;
     let mut fam = Vec::new();
     while let Some(e) = by_family.next(Duration::from_millis(500)).await {
         fam.push(e.data["worker_name"].as_str().unwrap().to_string());
     }
     assert_eq!(fam, ["rg-1", "rg-1"]);
+    let mut resumed = SseReader::open(&app, "/api/workers/events/stream?family=RG", Some(0)).await;
+    let mut kinds = Vec::new();
+    while let Some(e) = resumed.next(Duration::from_millis(500)).await {
+        assert_eq!(e.data["family"], "RG");
+        kinds.push(e.data["kind"].as_str().unwrap().to_string());
+    }
+    assert_eq!(kinds, ["registered", "first_heartbeat"]);
     let mut kinds = Vec::new();
     while let Some(e) = by_kind.next(Duration::from_millis(500)).await {
         kinds.push(e.data["kind"].as_str().unwrap().to_string());
     }
     assert_eq!(kinds, ["first_heartbeat", "deregistered"]);
+}
+
+/// Event ids are taken in insert order but become visible in commit order. A stream that sees
+/// a later event while an earlier one is still committing waits for it, however long that
+/// transaction takes, rather than passing it for good.
+#[tokio::test]
+async fn an_event_committed_after_a_later_one_is_not_skipped() {
+    let app = TestApp::spawn().await;
+    let mut stream = SseReader::open(&app, "/api/workers/events/stream", None).await;
+
+    let mut slow = app.pool.begin().await.unwrap();
+    let early: i64 = sqlx::query_scalar(
+        "INSERT INTO worker_events (kind, reason) VALUES ('brake_held', 'slow') RETURNING id",
+    )
+    .fetch_one(&mut *slow)
+    .await
+    .unwrap();
+    let late: i64 = sqlx::query_scalar(
+        "INSERT INTO worker_events (kind, reason) VALUES ('brake_released', 'fast') RETURNING id",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert!(late > early);
+    // Longer than any fixed wait on the later event's age would cover.
+    assert!(
+        stream.next(Duration::from_millis(2500)).await.is_none(),
+        "the later event must wait for the earlier one"
+    );
+    slow.commit().await.unwrap();
+
+    let first = stream.expect().await;
+    let second = stream.expect().await;
+    assert_eq!((first.id, second.id), (early, late));
+    assert_eq!(first.name, "brake");
+    assert_eq!(first.data["reason"], "slow");
+
+    // An id whose transaction rolls back is passed as soon as that transaction ends.
+    let mut doomed = app.pool.begin().await.unwrap();
+    sqlx::query("INSERT INTO worker_events (kind, reason) VALUES ('brake_held', 'doomed')")
+        .execute(&mut *doomed)
+        .await
+        .unwrap();
+    let after: i64 = sqlx::query_scalar(
+        "INSERT INTO worker_events (kind, reason) VALUES ('brake_released', 'after') RETURNING id",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert!(stream.next(Duration::from_millis(500)).await.is_none());
+    doomed.rollback().await.unwrap();
+    let e = stream.expect().await;
+    assert_eq!(e.id, after);
+    assert_eq!(e.data["reason"], "after");
 }
 
 #[tokio::test]

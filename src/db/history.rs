@@ -64,14 +64,12 @@ impl Db {
     }
 }
 
-/// An event with the family of its worker, for the event stream's filters.
+/// An event with the family of its deployment, for the event stream's filters.
 #[derive(Debug, Clone, FromRow)]
 pub struct StreamEventRow {
     #[sqlx(flatten)]
     pub event: EventRow,
     pub family: Option<String>,
-    /// The database time of the read, to judge how long a gap in the ids has lasted.
-    pub db_now: DateTime<Utc>,
 }
 
 /// The channel on which every new worker event's id is announced (see the migration).
@@ -86,13 +84,40 @@ impl Db {
     ) -> Result<Vec<StreamEventRow>, sqlx::Error> {
         sqlx::query_as(
             "SELECT e.id, e.worker_name, e.serial_number, e.kind, e.from_status, e.to_status,
-                    e.reason, e.at, w.family, now() AS db_now
-             FROM worker_events e LEFT JOIN workers w ON w.worker_name = e.worker_name
+                    e.reason, e.at, d.family
+             FROM worker_events e LEFT JOIN deployments d ON d.serial_number = e.serial_number
              WHERE e.id > $1 ORDER BY e.id LIMIT $2",
         )
         .bind(after)
         .bind(limit)
         .fetch_all(&self.pool)
+        .await
+    }
+
+    /// The transactions of this database that are writing now (their ids), other than this
+    /// session's. An event id that is missing while a later one is visible belongs to one of
+    /// them (still committing) or to a transaction that rolled back.
+    pub async fn writing_transactions(&self) -> Result<Vec<String>, sqlx::Error> {
+        sqlx::query_scalar(
+            "SELECT backend_xid::text FROM pg_stat_activity
+             WHERE datname = current_database() AND backend_xid IS NOT NULL
+               AND pid <> pg_backend_pid()",
+        )
+        .fetch_all(&self.pool)
+        .await
+    }
+
+    /// Whether none of these transactions (from `writing_transactions`) is still running.
+    pub async fn transactions_ended(&self, xids: &[String]) -> Result<bool, sqlx::Error> {
+        if xids.is_empty() {
+            return Ok(true);
+        }
+        sqlx::query_scalar(
+            "SELECT NOT EXISTS (SELECT 1 FROM pg_stat_activity
+                                WHERE backend_xid::text = ANY ($1))",
+        )
+        .bind(xids)
+        .fetch_one(&self.pool)
         .await
     }
 

@@ -23,8 +23,11 @@ use crate::db::StreamEventRow;
 use crate::domain::{EVENT_KINDS, FamilyCode};
 use crate::error::{ApiError, ErrorBody};
 
-/// How long a gap in event ids may be an uncommitted transaction rather than a rollback.
-const GAP_WAIT: Duration = Duration::from_secs(1);
+/// How often a stream waiting on a gap in the event ids checks whether it has filled.
+const GAP_RECHECK: Duration = Duration::from_millis(50);
+/// A gap whose transactions are still open after this long is passed anyway, with a warning,
+/// so that one stuck transaction cannot stall every stream.
+const GAP_GIVE_UP: Duration = Duration::from_secs(30);
 /// Rows read per query.
 const PAGE: i64 = 500;
 /// How often a client reads the table without a notification.
@@ -145,22 +148,52 @@ pub(crate) async fn stream(
     let stopping = state.stopping.clone();
     let events = async_stream::stream! {
         let mut cursor = cursor;
+        let mut gap: Option<Gap> = None;
         loop {
+            // Ids below this one that are still missing belong to no running transaction:
+            // they rolled back, and the stream may pass them.
+            let settled_below = match &gap {
+                Some(g) if g.started.elapsed() >= GAP_GIVE_UP => {
+                    tracing::warn!(
+                        after = cursor,
+                        "event stream passing ids whose transactions are still open after {} s",
+                        GAP_GIVE_UP.as_secs()
+                    );
+                    g.below
+                }
+                Some(g) => match db.transactions_ended(&g.writers).await {
+                    Ok(true) => g.below,
+                    Ok(false) => 0,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "event stream cannot check open transactions");
+                        0
+                    }
+                },
+                None => 0,
+            };
             let mut waiting_on_gap = false;
             let mut full_page = false;
             match db.events_after(cursor, PAGE).await {
                 Ok(rows) => {
                     full_page = rows.len() as i64 == PAGE;
                     for row in rows {
-                        let recent = (row.db_now - row.event.at)
-                            .to_std()
-                            .map_or(true, |age| age < GAP_WAIT);
-                        if row.event.id != cursor + 1 && recent {
-                            // An earlier id may belong to a transaction still committing.
+                        let id = row.event.id;
+                        if id != cursor + 1 && id > settled_below {
+                            // The ids between may belong to transactions still committing:
+                            // note which transactions are writing now, and wait for them.
+                            if gap.as_ref().is_none_or(|g| g.below != id) {
+                                match db.writing_transactions().await {
+                                    Ok(writers) => gap = Some(Gap::new(id, writers)),
+                                    Err(e) => tracing::warn!(
+                                        error = %e,
+                                        "event stream cannot read open transactions"
+                                    ),
+                                }
+                            }
                             waiting_on_gap = true;
                             break;
                         }
-                        cursor = row.event.id;
+                        cursor = id;
                         if filter.matches(&row) {
                             yield Ok(to_sse(row));
                         }
@@ -168,10 +201,13 @@ pub(crate) async fn stream(
                 }
                 Err(e) => tracing::warn!(error = %e, "event stream cannot read events; retrying"),
             }
+            if gap.as_ref().is_some_and(|g| cursor >= g.below) {
+                gap = None;
+            }
             if full_page && !waiting_on_gap {
                 continue;
             }
-            let pause = if waiting_on_gap { Duration::from_millis(50) } else { POLL_EVERY };
+            let pause = if waiting_on_gap { GAP_RECHECK } else { POLL_EVERY };
             tokio::select! {
                 () = stopping.cancelled() => break,
                 _ = wake.recv() => {}
@@ -180,6 +216,27 @@ pub(crate) async fn stream(
         }
     };
     Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+}
+
+/// Missing event ids below `below`, and the transactions that were writing when the stream
+/// saw them missing. Ids are taken in insert order but committed in commit order, so a later
+/// event can be visible before an earlier one; every id below a visible event was taken
+/// before it committed, so by a transaction that has rolled back, committed (and is visible
+/// now) or was writing when the gap was seen. Once those have ended, a missing id never comes.
+struct Gap {
+    below: i64,
+    writers: Vec<String>,
+    started: std::time::Instant,
+}
+
+impl Gap {
+    fn new(below: i64, writers: Vec<String>) -> Self {
+        Gap {
+            below,
+            writers,
+            started: std::time::Instant::now(),
+        }
+    }
 }
 
 fn to_sse(row: StreamEventRow) -> Event {
