@@ -92,7 +92,7 @@ async fn main() -> anyhow::Result<()> {
             async move { beat_for(&db, &live, Duration::from_secs(3600), Some(done_rx)).await },
         )
     };
-    let mut conn = db.try_lead().await?.expect("no other sweeper");
+    let mut conn = db.try_lead(5).await?.expect("no other sweeper");
     let started = Instant::now();
     let (mut batches, mut marked, mut longest) = (0, 0, Duration::ZERO);
     loop {

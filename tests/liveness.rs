@@ -194,6 +194,77 @@ async fn a_heartbeat_racing_the_sweep_wins() {
     assert!(!kinds(&app, "racer").await.contains(&"stale".to_string()));
 }
 
+/// The other order: the sweep has the row (its batch marked it stale and has not committed)
+/// when the heartbeat arrives. The heartbeat waits for the batch, then lands on the stale row:
+/// the worker ends `active`, with both transitions on record.
+#[tokio::test]
+async fn a_heartbeat_waiting_on_a_sweep_batch_still_wins() {
+    use dals_registry::db::{Lapse, sweep};
+    // No sweeps of the registry's own after the first: the test plays the sweeper.
+    let app = TestApp::spawn_with(|s| {
+        fast(s);
+        s.liveness.sweep_interval_secs = 3600.0;
+    })
+    .await;
+    app.register("racer", "truemark").await;
+    assert_eq!(app.heartbeat("racer").await, 200);
+    tokio::time::sleep(Duration::from_secs_f64(STALE + 0.2)).await;
+
+    let mut batch = app.pool.begin().await.unwrap();
+    let moved = sweep::mark_batch(&mut batch, Lapse::Stale, STALE, 1000, "test sweep", false)
+        .await
+        .unwrap();
+    assert_eq!(moved, 1);
+    let client = app.client.clone();
+    let url = app.url("/api/workers/heartbeat");
+    let beat = tokio::spawn(async move {
+        client
+            .post(url)
+            .json(&json!({"worker_name": "racer"}))
+            .send()
+            .await
+            .unwrap()
+            .status()
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        !beat.is_finished(),
+        "the heartbeat waits for the batch's row lock"
+    );
+    batch.commit().await.unwrap();
+    assert_eq!(beat.await.unwrap(), 200);
+    assert_eq!(status_of(&app, "racer").await, "active");
+    assert_eq!(
+        kinds(&app, "racer").await,
+        ["registered", "first_heartbeat", "stale", "recovered"]
+    );
+}
+
+/// The sweeping replica's session asks the server to probe its connection soon after it goes
+/// quiet, so a replica whose host vanishes without closing the socket frees the lock in
+/// seconds, not after the operating system's two hours.
+#[tokio::test]
+async fn the_leader_session_is_dropped_soon_after_its_host_vanishes() {
+    let url = common::create_database().await;
+    let db = dals_registry::db::Db::from_pool(sqlx::PgPool::connect(&url).await.unwrap());
+    let mut leader = db.try_lead(2).await.unwrap().expect("no other replica");
+    let show = async |conn: &mut sqlx::PgConnection, name: &str| -> String {
+        sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SHOW {name}")))
+            .fetch_one(conn)
+            .await
+            .unwrap()
+    };
+    // Over TCP (the tests connect to 127.0.0.1), the server applies them to this session.
+    assert_eq!(show(&mut leader, "tcp_keepalives_idle").await, "2");
+    assert_eq!(show(&mut leader, "tcp_keepalives_interval").await, "1");
+    assert_eq!(show(&mut leader, "tcp_keepalives_count").await, "3");
+    assert_eq!(show(&mut leader, "tcp_user_timeout").await, "5000");
+    // Another session cannot lead meanwhile, and its connection keeps the server defaults.
+    assert!(db.try_lead(2).await.unwrap().is_none());
+    let mut other = db.pool().acquire().await.unwrap();
+    assert_ne!(show(&mut other, "tcp_keepalives_idle").await, "2");
+}
+
 #[tokio::test]
 async fn deregistration_is_final_until_the_worker_registers_again() {
     let app = TestApp::spawn_with(fast).await;

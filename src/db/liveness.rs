@@ -73,15 +73,40 @@ const STATE_COLUMNS: &str = "SELECT now() AS now, last_sweep_at, sweeper_instanc
 
 impl Db {
     /// Tries to become the sweeping replica: a connection of its own holding the advisory lock.
-    pub async fn try_lead(&self) -> Result<Option<PgConnection>, sqlx::Error> {
+    ///
+    /// The lock lasts as long as the session, so the session must end soon after this replica
+    /// is gone. A crashed process closes its socket at once; a host that vanishes (power
+    /// loss, a network partition) does not, so the server is told to probe an idle
+    /// connection after `dead_after_secs` and to drop it after three more unanswered seconds,
+    /// instead of the operating system's default of about two hours.
+    pub async fn try_lead(
+        &self,
+        dead_after_secs: u32,
+    ) -> Result<Option<PgConnection>, sqlx::Error> {
         let mut conn: PoolConnection<Postgres> = self.pool.acquire().await?;
         let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
             .bind(SWEEPER_LOCK_KEY)
             .fetch_one(&mut *conn)
             .await?;
+        if !got {
+            return Ok(None);
+        }
         // The lock lives as long as this session: detach it from the pool so that dropping it
         // (on shutdown or a crash) ends the session and frees the lock for another replica.
-        Ok(got.then(|| conn.detach()))
+        let mut conn = conn.detach();
+        let idle = dead_after_secs.max(1);
+        sqlx::query(
+            "SELECT set_config('tcp_keepalives_idle', $1, false),
+                    set_config('tcp_keepalives_interval', '1', false),
+                    set_config('tcp_keepalives_count', '3', false),
+                    set_config('tcp_user_timeout', $2, false)",
+        )
+        .bind(idle.to_string())
+        // Milliseconds: data sent and not acknowledged for that long ends the session too.
+        .bind(((idle + 3) * 1000).to_string())
+        .execute(&mut conn)
+        .await?;
+        Ok(Some(conn))
     }
 
     /// The sweeper state with the database's current time.

@@ -97,7 +97,9 @@ impl Sweeper {
 
     async fn tick(&mut self) -> Result<(), sqlx::Error> {
         if self.leader.is_none() {
-            self.leader = self.db.try_lead().await?;
+            // The leader pings every interval, so its connection is idle no longer than that.
+            let dead_after = self.liveness.sweep_interval_secs.ceil().min(3600.0) as u32;
+            self.leader = self.db.try_lead(dead_after).await?;
             if self.leader.is_some() {
                 tracing::info!(instance = %self.instance, "this replica now sweeps liveness");
                 self.last_maintenance = None;
