@@ -198,9 +198,6 @@ async fn main() -> ExitCode {
                             "✗ A newer deployment of {} exists ({current_serial_number}); exiting",
                             status.worker_name
                         ),
-                        State::Stopped(Stop::Deregistered) => {
-                            println!("✗ {} was deregistered; exiting", status.worker_name)
-                        }
                         other => println!("✗ Heartbeats stopped ({other:?}); exiting"),
                     }
                     break ExitCode::from(1);

@@ -319,16 +319,78 @@ async fn a_newer_deployment_stops_the_old_process() {
     assert_eq!(w["status"], "registered");
 }
 
+/// Removed while it still runs (someone deregistered its name): the process is alive, so it
+/// registers again, as a new deployment, and keeps beating.
 #[tokio::test]
-async fn a_deregistered_worker_stops() {
+async fn a_removed_worker_registers_again_by_itself() {
     let app = TestApp::spawn_with(fast_beats).await;
     let client = Client::new(&app.base).unwrap();
     let hb = start(&client, "gone", options()).await;
+    let first = hb.status().serial_number;
+    wait_status(&hb, "a heartbeat", |s| s.heartbeats >= 1).await;
+    let mut changes = hb.subscribe();
     assert_eq!(app.delete("/api/workers/gone").await.status(), 200);
+
+    let again = tokio::time::timeout(WAIT, changes.wait_for(|s| s.registrations == 2))
+        .await
+        .expect("registered again")
+        .unwrap()
+        .clone();
+    assert_ne!(again.serial_number, first);
+    wait_status(&hb, "active again", |s| s.state == State::Active).await;
+    let w = worker_json(&app, "gone").await;
+    assert_eq!(w["serial_number"], again.serial_number.as_str());
+    assert_eq!(w["status"], "active");
+    let kinds: Vec<String> =
+        sqlx::query_scalar("SELECT kind FROM worker_events WHERE worker_name = 'gone' ORDER BY id")
+            .fetch_all(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        kinds,
+        [
+            "registered",
+            "first_heartbeat",
+            "deregistered",
+            "re_registered",
+            "first_heartbeat"
+        ]
+    );
+    hb.shutdown().await.unwrap();
+    assert_eq!(worker_json(&app, "gone").await["status"], "deregistered");
+}
+
+/// An old process whose successor has come and gone hears that it was replaced (409), not
+/// that the name is free: it stops rather than take the name back.
+#[tokio::test]
+async fn an_old_process_stops_even_after_its_successor_deregistered() {
+    let app = TestApp::spawn_with(fast_beats).await;
+    let client = Client::new(&app.base).unwrap();
+    // Whether its next beat lands before or after the successor leaves, it hears 409.
+    let hb = start(&client, "phoenix", options()).await;
+    wait_status(&hb, "a heartbeat", |s| s.heartbeats >= 1).await;
+    let old = hb.status().serial_number;
+    let newer = app.register("phoenix", "truemark").await["serial_number"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let r = app
+        .delete(&format!("/api/workers/phoenix?serial_number={newer}"))
+        .await;
+    assert_eq!(r.status(), 200);
     let stopped = tokio::time::timeout(WAIT, hb.stopped())
         .await
         .expect("stops");
-    assert_eq!(stopped.state, State::Stopped(Stop::Deregistered));
+    assert_eq!(
+        stopped.state,
+        State::Stopped(Stop::Superseded {
+            current_serial_number: newer.clone()
+        })
+    );
+    let w = worker_json(&app, "phoenix").await;
+    assert_eq!(w["status"], "deregistered");
+    assert_eq!(w["serial_number"], newer.as_str());
+    assert_ne!(w["serial_number"], old.as_str());
 }
 
 #[tokio::test]

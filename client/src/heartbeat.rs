@@ -143,8 +143,6 @@ pub enum Stop {
     Shutdown { deregistered: bool },
     /// A newer deployment of the name exists (409): this process should exit.
     Superseded { current_serial_number: String },
-    /// The name was deregistered (410), e.g. by an operator.
-    Deregistered,
 }
 
 /// The handle on a running heartbeat task. Dropping it stops the task, which deregisters
@@ -398,7 +396,7 @@ impl Task {
                     result.map(|registered| {
                         tracing::warn!(
                             serial = %registered.serial_number,
-                            "registered again: the registry had lost this worker"
+                            "registered again: the registry had lost or removed this worker"
                         );
                         // The old deployment's commands were cancelled with it.
                         self.handed.clear();
@@ -421,8 +419,17 @@ impl Task {
                     failures = 0;
                     delay = jittered(self.interval(), self.options.jitter);
                 }
-                Err(Error::WorkerNotFound { .. }) if matches!(call, Call::Heartbeat) => {
-                    tracing::warn!(worker = %name, "the registry does not know this worker; registering again");
+                // The registry lost the worker (404) or it was removed (410, deregistered by
+                // someone else while this process still runs): this process is alive, so it
+                // registers again, as a new deployment.
+                Err(e @ (Error::WorkerNotFound { .. } | Error::Deregistered { .. }))
+                    if matches!(call, Call::Heartbeat) =>
+                {
+                    let why = match e {
+                        Error::WorkerNotFound { .. } => "the registry does not know this worker",
+                        _ => "this worker was deregistered while still running",
+                    };
+                    tracing::warn!(worker = %name, "{why}; registering again");
                     call = Call::Register;
                     delay = Duration::ZERO;
                 }
@@ -435,10 +442,6 @@ impl Task {
                     break Some(Stop::Superseded {
                         current_serial_number,
                     });
-                }
-                Err(Error::Deregistered { .. }) => {
-                    tracing::warn!(worker = %name, "this worker was deregistered; heartbeats stop");
-                    break Some(Stop::Deregistered);
                 }
                 Err(e) => {
                     failures = failures.saturating_add(1);

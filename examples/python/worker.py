@@ -9,7 +9,8 @@ snippet does not:
 
 - sends its serial number with every heartbeat, so a newer deployment of the same name
   (answer 409) stops it instead of two processes beating for one name;
-- registers again by itself when a heartbeat is answered 404 (the registry lost it);
+- registers again by itself when a heartbeat is answered 404 (the registry lost it) or 410
+  (its name was deregistered while it still runs);
 - beats on the interval the registry asks for (`heartbeat_interval_secs`), shortened by a
   random jitter so a fleet started together does not beat in lockstep;
 - backs off exponentially (with jitter, honouring Retry-After) while the registry is
@@ -18,8 +19,8 @@ snippet does not:
   them on the next heartbeat (a command is repeated until acknowledged; it is run once);
 - deregisters on SIGINT/SIGTERM (and at --max-seconds).
 
-Exit codes: 0 after a clean shutdown, 1 when the registry stopped it (a newer deployment, or
-deregistered by an operator), 2 on bad settings or a refused registration.
+Exit codes: 0 after a clean shutdown, 1 when the registry stopped it (a newer deployment of
+its name exists), 2 on bad settings or a refused registration.
 """
 import argparse
 import json
@@ -257,17 +258,15 @@ class Worker:
                 say(f"⚠ Registry unavailable ({e}); retrying in {wait:.1f}s")
             except Refused as e:
                 code = e.body.get("error")
-                if e.status == 404 and code == "worker_not_found" and not need_register:
-                    say(f"⚠ The registry does not know {self.name}; registering again")
+                if e.status in (404, 410) and not need_register:
+                    # Lost by the registry (404) or removed while still running (410).
+                    why = "does not know" if e.status == 404 else "has deregistered"
+                    say(f"⚠ The registry {why} {self.name}; registering again")
                     need_register = True
                     wait = 0.0
                 elif e.status == 409 and code == "serial_mismatch":
                     say(f"✗ A newer deployment of {self.name} exists "
                         f"({e.body.get('current_serial_number')}); exiting")
-                    self.work.stop()
-                    return 1
-                elif e.status == 410:
-                    say(f"✗ {self.name} was deregistered; exiting")
                     self.work.stop()
                     return 1
                 elif need_register:

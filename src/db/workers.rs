@@ -246,10 +246,12 @@ impl Db {
         Ok(match row {
             None => HeartbeatOutcome::UnknownWorker,
             Some((_, _, true, since_previous)) => HeartbeatOutcome::Updated { since_previous },
-            Some((status, _, false, _)) if status == "deregistered" => {
-                HeartbeatOutcome::Deregistered
+            // An old process hears that it was replaced, even when its successor has since
+            // deregistered: it must not take the name back.
+            Some((_, current, false, _)) if serial_number.is_some_and(|s| s != current) => {
+                HeartbeatOutcome::SerialMismatch { current }
             }
-            Some((_, current, false, _)) => HeartbeatOutcome::SerialMismatch { current },
+            Some(_) => HeartbeatOutcome::Deregistered,
         })
     }
 
