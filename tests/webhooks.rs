@@ -586,6 +586,60 @@ async fn only_subscribed_kinds_reach_enabled_endpoints() {
     );
 }
 
+/// An endpoint deleted while a transition commits: the transition (here a registration) still
+/// commits, and the deleted endpoint gets no delivery. The outbox trigger runs at commit and
+/// used to insert a delivery for the endpoint being deleted, failing the registration.
+#[tokio::test]
+async fn deleting_an_endpoint_while_a_transition_commits_fails_neither() {
+    let app = TestApp::spawn().await;
+    let hook = json(
+        app.post(
+            "/api/webhooks",
+            &json!({"url": "http://127.0.0.1:9/hook", "events": ["registered"], "secret": SECRET}),
+        )
+        .await,
+        201,
+    )
+    .await;
+    let id = hook["id"].as_i64().unwrap();
+
+    let mut deleting = app.pool.begin().await.unwrap();
+    sqlx::query("DELETE FROM webhook_endpoints WHERE id = $1")
+        .bind(id)
+        .execute(&mut *deleting)
+        .await
+        .unwrap();
+    let register = tokio::spawn({
+        let client = app.client.clone();
+        let url = app.url("/api/workers/register");
+        async move {
+            let r = client
+                .post(url)
+                .json(&json!({"name": "w", "worker_type": "truemark",
+                              "api_url": "http://localhost:8080", "user_id": "u"}))
+                .send()
+                .await
+                .unwrap();
+            (r.status().as_u16(), r.text().await.unwrap())
+        }
+    });
+    // The registration's commit waits for the delete to decide.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!register.is_finished());
+    deleting.commit().await.unwrap();
+    let (status, body) = register.await.unwrap();
+    assert_eq!(status, 200, "{body}");
+
+    assert_eq!(app.worker("w").await["status"], "registered");
+    let deliveries: i64 = sqlx::query_scalar("SELECT count(*) FROM webhook_deliveries")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(deliveries, 0);
+    let r = app.get(&format!("/api/webhooks/{id}")).await;
+    assert_eq!(r.status(), 404);
+}
+
 #[tokio::test]
 async fn bad_webhook_requests_are_refused_with_the_field_and_the_rule() {
     let app = TestApp::spawn().await;
