@@ -501,6 +501,132 @@ async fn simultaneous_registrations_never_collide() {
     assert_eq!(open, workers, "exactly one open deployment per name");
 }
 
+/// Many first registrations of one new name at once: they take turns, so each after the first
+/// is a re-registration of the one before, and the history is one unbroken chain.
+#[tokio::test]
+async fn simultaneous_first_registrations_of_one_name_take_turns() {
+    // Connections enough for all of them to be in the database at once.
+    let app = TestApp::spawn_with(|s| s.database.max_connections = 24).await;
+    const AT_ONCE: usize = 20;
+    for round in 0..5 {
+        let name = format!("fresh-{round}");
+        let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(AT_ONCE));
+        let mut tasks = Vec::new();
+        for _ in 0..AT_ONCE {
+            let (client, url, name, barrier) = (
+                app.client.clone(),
+                app.url("/api/workers/register"),
+                name.clone(),
+                barrier.clone(),
+            );
+            tasks.push(tokio::spawn(async move {
+                barrier.wait().await;
+                let r = client
+                    .post(url)
+                    .json(&json!({"name": name, "worker_type": "truemark",
+                                  "api_url": "http://h:1", "user_id": "u"}))
+                    .send()
+                    .await
+                    .unwrap();
+                (r.status().as_u16(), r.text().await.unwrap())
+            }));
+        }
+        for t in tasks {
+            let (status, body) = t.await.unwrap();
+            assert_eq!(status, 200, "{body}");
+        }
+        let events: Vec<(String, Option<String>, String)> = sqlx::query_as(
+            "SELECT kind, from_status, serial_number FROM worker_events
+             WHERE worker_name = $1 ORDER BY id",
+        )
+        .bind(&name)
+        .fetch_all(&app.pool)
+        .await
+        .unwrap();
+        assert_eq!(events.len(), AT_ONCE);
+        assert_eq!(
+            (events[0].0.as_str(), events[0].1.as_deref()),
+            ("registered", None)
+        );
+        for e in &events[1..] {
+            assert_eq!(
+                (e.0.as_str(), e.1.as_deref()),
+                ("re_registered", Some("registered"))
+            );
+        }
+        // Each deployment was closed by the next, in the order of the events.
+        let deployments: Vec<(String, Option<String>)> = sqlx::query_as(
+            "SELECT serial_number, end_reason FROM deployments WHERE worker_name = $1
+             ORDER BY deployed_at, serial_number",
+        )
+        .bind(&name)
+        .fetch_all(&app.pool)
+        .await
+        .unwrap();
+        assert_eq!(deployments.len(), AT_ONCE);
+        let open: Vec<_> = deployments.iter().filter(|d| d.1.is_none()).collect();
+        assert_eq!(open.len(), 1);
+        assert_eq!(open[0].0, events.last().unwrap().2);
+        assert_eq!(app.worker(&name).await["serial_number"], open[0].0.as_str());
+    }
+}
+
+/// A deregistration that waited on a registration of the same name deregisters the deployment
+/// that registration made, and closes it.
+#[tokio::test]
+async fn a_deregistration_waiting_on_a_registration_closes_the_new_deployment() {
+    let app = TestApp::spawn().await;
+    app.register("w", "truemark").await;
+
+    // A registration in flight: the new deployment is written, the worker row is held.
+    let newer = "DMN-TM-01-00000000-00001";
+    let mut registering = app.pool.begin().await.unwrap();
+    for sql in [
+        "UPDATE deployments SET ended_at = now(), end_reason = 're-registered'
+         WHERE worker_name = 'w' AND ended_at IS NULL",
+        "INSERT INTO deployments (serial_number, worker_name, worker_type, family, generation,
+                                  model_number, api_url, user_id)
+         VALUES ('DMN-TM-01-00000000-00001', 'w', 'truemark', 'TM', 1, 'DMN-TM-01',
+                 'http://h:1', 'u')",
+        "UPDATE workers SET serial_number = 'DMN-TM-01-00000000-00001', status = 'registered',
+                            deployed_at = now(), status_changed_at = now()
+         WHERE worker_name = 'w'",
+    ] {
+        sqlx::query(sql).execute(&mut *registering).await.unwrap();
+    }
+    let delete = tokio::spawn({
+        let client = app.client.clone();
+        let url = app.url("/api/workers/w");
+        async move { client.delete(url).send().await.unwrap().status().as_u16() }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(
+        !delete.is_finished(),
+        "the deregistration waits for the worker row"
+    );
+    registering.commit().await.unwrap();
+    assert_eq!(delete.await.unwrap(), 200);
+
+    let w = app.worker("w").await;
+    assert_eq!(w["status"], "deregistered");
+    assert_eq!(w["serial_number"], newer);
+    let open: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM deployments WHERE worker_name = 'w' AND ended_at IS NULL",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(open, 0, "the deployment the worker row names is closed");
+    let (reason, serial): (String, String) = sqlx::query_as(
+        "SELECT end_reason, serial_number FROM deployments WHERE worker_name = 'w'
+         ORDER BY deployed_at DESC LIMIT 1",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!((reason.as_str(), serial.as_str()), ("deregistered", newer));
+}
+
 #[tokio::test]
 async fn health_and_readiness() {
     let app = TestApp::spawn().await;

@@ -168,14 +168,21 @@ macro_rules! list_sql {
     };
 }
 
-fn is_unique_violation(err: &sqlx::Error) -> bool {
-    matches!(err, sqlx::Error::Database(db) if db.is_unique_violation())
+/// A registration that lost a race: a unique constraint (a serial collision), or a deadlock or
+/// serialization failure with another writer. A fresh transaction settles it.
+fn lost_a_race(err: &sqlx::Error) -> bool {
+    matches!(err, sqlx::Error::Database(db)
+        if db.is_unique_violation() || matches!(db.code().as_deref(), Some("40P01" | "40001")))
 }
+
+/// The advisory lock class under which registrations of one name queue (the second key is
+/// the name's hash). Two-key advisory locks never meet the sweeper's one-key lock.
+const NAME_LOCK_CLASS: i32 = 0x444E_414D; // "DNAM"
 
 impl Db {
     /// Registers a deployment: a new serial, the name's previous deployment closed, the worker
     /// row (re)set to `registered`, and an event, all in one transaction. Retries when it
-    /// loses a race on a unique constraint (a serial collision or the same name at once).
+    /// loses a race (a serial collision, a deadlock).
     pub async fn register(&self, new: &NewDeployment) -> Result<RegisterOutcome, sqlx::Error> {
         let mut attempt = 0;
         loop {
@@ -186,7 +193,7 @@ impl Db {
                     tx.commit().await?;
                     return Ok(outcome);
                 }
-                Err(e) if is_unique_violation(&e) && attempt < REGISTER_ATTEMPTS => {
+                Err(e) if lost_a_race(&e) && attempt < REGISTER_ATTEMPTS => {
                     tx.rollback().await?;
                     tracing::debug!(attempt, error = %e, "registration raced; retrying");
                     tokio::time::sleep(retry_pause(attempt)).await;
@@ -302,47 +309,62 @@ impl Db {
         worker_name: &str,
         serial_number: Option<&str>,
     ) -> Result<DeregisterOutcome, sqlx::Error> {
-        let row: Option<(String, bool)> = sqlx::query_as(
-            "WITH current AS (
-                 SELECT worker_name, serial_number, status FROM workers
-                 WHERE worker_name = $1 FOR UPDATE
-             ), gone AS (
-                 UPDATE workers w
-                 SET status = 'deregistered',
-                     status_changed_at = greatest(clock_timestamp(), w.status_changed_at)
-                 FROM current c
-                 WHERE w.worker_name = c.worker_name AND c.status <> 'deregistered'
-                   AND ($2::text IS NULL OR c.serial_number = $2)
-                 RETURNING w.worker_name, w.serial_number, c.status AS from_status,
-                           w.status_changed_at AS at
-             ), closed AS (
-                 UPDATE deployments d
-                 SET ended_at = greatest(g.at, d.deployed_at), end_reason = 'deregistered'
-                 FROM gone g
-                 WHERE d.serial_number = g.serial_number AND d.ended_at IS NULL
-             ), evented AS (
-                 INSERT INTO worker_events
-                     (worker_name, serial_number, kind, from_status, to_status, reason, at)
-                 SELECT worker_name, serial_number, 'deregistered', from_status, 'deregistered',
-                        'deregistered (DELETE /api/workers/{name})', at
-                 FROM gone
-             )
-             SELECT c.serial_number,
-                    c.status = 'deregistered' OR $2::text IS NULL OR c.serial_number = $2
-             FROM current c",
+        let mut tx = self.pool.begin().await?;
+        // Lock the worker first and act in the next statement: its snapshot is taken after the
+        // lock, so it sees the deployment of a registration that committed while this waited.
+        let current: Option<(String, String)> = sqlx::query_as(
+            "SELECT serial_number, status FROM workers WHERE worker_name = $1 FOR UPDATE",
         )
         .bind(worker_name)
-        .bind(serial_number)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&mut *tx)
         .await?;
-        match row {
-            None => Ok(DeregisterOutcome::UnknownWorker),
-            Some((current, false)) => Ok(DeregisterOutcome::SerialMismatch { current }),
-            Some((_, true)) => match self.worker(worker_name).await? {
-                Some(row) => Ok(DeregisterOutcome::Deregistered(Box::new(row))),
-                None => Ok(DeregisterOutcome::UnknownWorker),
-            },
+        let Some((current, status)) = current else {
+            return Ok(DeregisterOutcome::UnknownWorker);
+        };
+        if serial_number.is_some_and(|s| s != current) {
+            return Ok(DeregisterOutcome::SerialMismatch { current });
         }
+        let row: WorkerRow = if status == "deregistered" {
+            sqlx::query_as(concat!(
+                "SELECT ",
+                worker_columns!(),
+                " FROM workers WHERE worker_name = $1"
+            ))
+            .bind(worker_name)
+            .fetch_one(&mut *tx)
+            .await?
+        } else {
+            sqlx::query_as(concat!(
+                "WITH gone AS (
+                     UPDATE workers w
+                     SET status = 'deregistered',
+                         status_changed_at = greatest(clock_timestamp(), w.status_changed_at)
+                     WHERE w.worker_name = $1
+                     RETURNING ",
+                worker_columns!(),
+                "
+                 ), closed AS (
+                     UPDATE deployments d
+                     SET ended_at = greatest(g.status_changed_at, d.deployed_at),
+                         end_reason = 'deregistered'
+                     FROM gone g
+                     WHERE d.serial_number = g.serial_number AND d.ended_at IS NULL
+                 ), evented AS (
+                     INSERT INTO worker_events
+                         (worker_name, serial_number, kind, from_status, to_status, reason, at)
+                     SELECT worker_name, serial_number, 'deregistered', $2, 'deregistered',
+                            'deregistered (DELETE /api/workers/{name})', status_changed_at
+                     FROM gone
+                 )
+                 SELECT * FROM gone"
+            ))
+            .bind(worker_name)
+            .bind(&status)
+            .fetch_one(&mut *tx)
+            .await?
+        };
+        tx.commit().await?;
+        Ok(DeregisterOutcome::Deregistered(Box::new(row)))
     }
 
     /// Workers per family and status (deregistered included).
@@ -382,6 +404,13 @@ async fn register_once(
     conn: &mut PgConnection,
     new: &NewDeployment,
 ) -> Result<RegisterOutcome, sqlx::Error> {
+    // Registrations of one name take turns, the very first one included (it has no worker row
+    // to lock yet): the second sees the first's deployment and records a re-registration.
+    sqlx::query("SELECT pg_advisory_xact_lock($1, hashtext($2))")
+        .bind(NAME_LOCK_CLASS)
+        .bind(&new.worker_name)
+        .execute(&mut *conn)
+        .await?;
     let (model, generic) = match catalog_model(conn, &new.worker_type).await? {
         Some(model) => (model, false),
         None if new.reject_unknown_type => return Ok(RegisterOutcome::UnknownType),
