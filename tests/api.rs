@@ -410,7 +410,19 @@ async fn bad_input_gets_clear_json_errors() {
             "2048",
         ),
         (with("user_id", json!("")), "user_id", "1-128"),
-        (with("metadata", json!([1])), "metadata", "map"),
+        (with("metadata", json!([1])), "metadata", "JSON object"),
+        // Strings a URL parser would normalise into URLs are not URLs as sent.
+        (with("api_url", json!("http:x")), "api_url", "http"),
+        (with("api_url", json!(" http://x")), "api_url", "http"),
+        (with("api_url", json!("http://x y")), "api_url", "http"),
+        (with("name", json!(" ")), "name", "white space"),
+        (with("name", json!("w ")), "name", "white space"),
+        (with("user_id", json!(" u")), "user_id", "white space"),
+        (
+            with("worker_type", json!("truemark ")),
+            "worker_type",
+            "white space",
+        ),
     ];
     for (body, field, rule) in cases {
         let r = app.post("/api/workers/register", &body).await;
@@ -712,6 +724,27 @@ async fn the_schema_rejects_what_the_code_must_never_write() {
         "INSERT INTO model_catalog (worker_type, family, generation) VALUES ('Bad Type', 'TM', 1)",
         "INSERT INTO worker_events (worker_name, serial_number, kind, to_status)
              VALUES ('w', NULL, 'stale', 'stale')",
+        // The rules of registration, in the schema too.
+        "UPDATE workers SET worker_name = 'list'",
+        "UPDATE workers SET worker_name = ' w'",
+        "UPDATE workers SET user_id = 'u '",
+        "UPDATE workers SET api_url = 'http:x'",
+        "UPDATE workers SET metadata = '[]'",
+        "UPDATE deployments SET api_url = 'http://h x'",
+        "INSERT INTO deployments (serial_number, worker_name, worker_type, family, generation,
+             model_number, api_url, user_id) VALUES ('DMN-TM-01-00000000-00009', 'status', 't',
+             'TM', 1, 'DMN-TM-01', 'http://h', 'u')",
+        // Events and heartbeats belong to a deployment of their worker.
+        "INSERT INTO heartbeats (worker_name, serial_number) VALUES ('w', 'DMN-TM-01-00000000-00000')",
+        "INSERT INTO worker_events (worker_name, serial_number, kind, to_status)
+             SELECT 'other', serial_number, 'stale', 'stale' FROM deployments",
+        // The current deployment is open exactly while the worker has not deregistered.
+        "UPDATE workers SET status = 'deregistered'",
+        "UPDATE deployments SET ended_at = now(), end_reason = 'gone'",
+        // One model number, one catalog entry; one a live worker carries stays.
+        "INSERT INTO model_catalog (worker_type, family, generation) VALUES ('tm-alias', 'TM', 1)",
+        "DELETE FROM model_catalog WHERE worker_type = 'truemark'",
+        "UPDATE model_catalog SET generation = 9 WHERE worker_type = 'truemark'",
     ];
     for sql in bad {
         assert!(

@@ -252,14 +252,14 @@ async fn bad_input_is_a_422_naming_the_field_and_changes_nothing() {
             "family",
             "two upper-case letters",
         ),
-        (with("family", json!(12)), "family", "invalid type"),
+        (with("family", json!(12)), "family", "must be a string"),
         (without("family"), "family", "is required"),
         (with("generation", json!(0)), "generation", "1 to 99"),
         (with("generation", json!(100)), "generation", "1 to 99"),
         (with("generation", json!(-1)), "generation", "1 to 99"),
         (with("generation", json!(256)), "generation", "1 to 99"),
-        (with("generation", json!("1")), "generation", "invalid type"),
-        (with("generation", json!(1.5)), "generation", "invalid type"),
+        (with("generation", json!("1")), "generation", "must be an integer"),
+        (with("generation", json!(1.5)), "generation", "must be an integer"),
         (without("generation"), "generation", "is required"),
         (
             with("worker_type", json!("Fine")),
@@ -589,4 +589,88 @@ async fn racing_adds_get_one_201_and_clear_409s() {
     assert!(name == "Name 0" || name == "Name 1", "{name}");
     // Three bodies carry each name: the three that agree with the winner are created.
     assert_eq!(created, 3, "family {name}");
+}
+
+#[tokio::test]
+async fn a_model_number_names_one_worker_type() {
+    let app = TestApp::spawn().await;
+    let err = json(
+        app.post(
+            CATALOG,
+            &json!({"worker_type": "tm-alias", "family": "TM", "generation": 1}),
+        )
+        .await,
+        409,
+    )
+    .await;
+    assert_eq!(err["error"], "model_number_taken", "{err}");
+    assert!(
+        err["message"].as_str().unwrap().contains("\"truemark\""),
+        "{err}"
+    );
+    // A PATCH onto a taken model number is refused the same way, and changes nothing.
+    add_new_worker_type(&app).await;
+    let err = json(
+        patch(
+            &app,
+            "new-worker-type",
+            &json!({"family": "RG", "generation": 2}),
+        )
+        .await,
+        409,
+    )
+    .await;
+    assert_eq!(err["error"], "model_number_taken", "{err}");
+    assert!(err["message"].as_str().unwrap().contains("regent-pro"));
+    let entry = json(app.get(&format!("{CATALOG}/new-worker-type")).await, 200).await;
+    assert_eq!(entry["model_number"], "DMN-NW-01");
+    assert_eq!(catalog_rows(&app).await, 9);
+}
+
+/// Workers of types the catalog did not know carry the `generic` entry's model number: they
+/// hold that entry, not an entry added later under their type's name.
+#[tokio::test]
+async fn workers_of_unknown_types_hold_the_generic_entry() {
+    let app = TestApp::spawn().await;
+    let w = app.register("stranger", "never-heard-of").await;
+    assert_eq!(w["model_number"], "DMN-GN-01");
+
+    let err = json(patch(&app, "generic", &json!({"generation": 7})).await, 409).await;
+    assert_eq!(err["error"], "catalog_entry_in_use", "{err}");
+    assert!(
+        err["message"].as_str().unwrap().contains("stranger"),
+        "{err}"
+    );
+
+    // The type joins the catalog; the live stranger (DMN-GN-01) does not hold the new entry.
+    json(
+        app.post(
+            CATALOG,
+            &json!({"worker_type": "never-heard-of", "family": "NH", "generation": 1,
+                    "family_name": "Newly Heard"}),
+        )
+        .await,
+        201,
+    )
+    .await;
+    let moved = json(
+        patch(&app, "never-heard-of", &json!({"generation": 2})).await,
+        200,
+    )
+    .await;
+    assert_eq!(moved["model_number"], "DMN-NH-02");
+    assert_eq!(
+        app.register("newcomer", "never-heard-of").await["model_number"],
+        "DMN-NH-02"
+    );
+    let err = json(app.delete(&format!("{CATALOG}/never-heard-of")).await, 409).await;
+    assert!(
+        err["message"].as_str().unwrap().contains("newcomer"),
+        "{err}"
+    );
+
+    // Once the stranger leaves, generic may change generation.
+    json(app.delete("/api/workers/stranger").await, 200).await;
+    let g = json(patch(&app, "generic", &json!({"generation": 7})).await, 200).await;
+    assert_eq!(g["model_number"], "DMN-GN-07");
 }

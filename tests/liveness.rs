@@ -596,7 +596,10 @@ async fn status_counts_match_the_list_for_every_status() {
 #[tokio::test]
 async fn old_heartbeat_days_are_dropped_whole_and_upcoming_days_exist() {
     let app = TestApp::spawn_with(fast).await;
-    app.register("w", "truemark").await;
+    let serial = app.register("w", "truemark").await["serial_number"]
+        .as_str()
+        .unwrap()
+        .to_string();
     app.heartbeat("w").await;
     sqlx::query(
         "CREATE TABLE heartbeats_p20200101 PARTITION OF heartbeats
@@ -607,8 +610,9 @@ async fn old_heartbeat_days_are_dropped_whole_and_upcoming_days_exist() {
     .unwrap();
     sqlx::query(
         "INSERT INTO heartbeats (worker_name, serial_number, received_at)
-         VALUES ('w', 'x', '2020-01-01 12:00+00')",
+         VALUES ('w', $1, '2020-01-01 12:00+00')",
     )
+    .bind(&serial)
     .execute(&app.pool)
     .await
     .unwrap();

@@ -78,12 +78,20 @@ pub enum CatalogError {
         field: &'static str,
         existing: String,
     },
-    /// Live (not deregistered) workers have this worker type.
-    #[error("worker type {worker_type:?} is used by {live_workers} live worker(s)")]
+    /// Live (not deregistered) workers carry this entry's model number.
+    #[error("worker type {worker_type:?} is carried by live workers")]
     InUse {
         worker_type: String,
-        live_workers: i64,
-        example: String,
+        model_number: String,
+        /// How many and one of them, when counted (the schema's own check does not count).
+        holders: Option<(i64, String)>,
+    },
+    /// Another worker type already has this model number.
+    #[error("model number {model_number} belongs to another worker type")]
+    ModelTaken {
+        model_number: String,
+        /// That worker type, when known (a racing change may have taken it meanwhile).
+        holder: Option<String>,
     },
     /// The `generic` entry cannot be deleted or leave family GN.
     #[error("the generic entry is protected")]
@@ -129,6 +137,17 @@ impl From<sqlx::Error> for CatalogError {
             Some("model_catalog_generic_is_gn" | "model_catalog_generic_kept") => {
                 CatalogError::GenericProtected
             }
+            // A registration or a change that committed while this one ran; the checks
+            // before the statement normally answer first, with more detail.
+            Some("model_catalog_model_unique") => CatalogError::ModelTaken {
+                model_number: String::new(),
+                holder: None,
+            },
+            Some("model_catalog_in_use") => CatalogError::InUse {
+                worker_type: String::new(),
+                model_number: String::new(),
+                holders: None,
+            },
             _ => CatalogError::Db(err),
         }
     }
@@ -220,6 +239,7 @@ impl Db {
     ) -> Result<CatalogEntry, CatalogError> {
         let mut tx = self.pool.begin().await?;
         ensure_family(&mut tx, &new.model.family, &new.family).await?;
+        refuse_if_model_taken(&mut tx, &new.model, &new.worker_type).await?;
         let inserted = sqlx::query(
             "INSERT INTO model_catalog (worker_type, family, generation, description)
              VALUES ($1, $2, $3, $4)",
@@ -265,6 +285,16 @@ impl Db {
         }
         if let Some(code) = &patch.family {
             ensure_family(&mut tx, code, &patch.family_spec).await?;
+        }
+        if (new_family, new_generation) != (family.as_str(), generation) {
+            let model = new_family
+                .parse()
+                .and_then(|f| ModelNumber::new(f, new_generation as u8))
+                .map_err(|rule| CatalogError::Invalid {
+                    field: "generation",
+                    rule,
+                })?;
+            refuse_if_model_taken(&mut tx, &model, worker_type).await?;
         }
         sqlx::query(
             "UPDATE model_catalog
@@ -334,13 +364,18 @@ async fn lock_entry(
         .ok_or_else(|| CatalogError::NotFound(worker_type.to_string()))
 }
 
-/// Refuses when a live worker has the type. Deregistered workers do not count: they cannot
-/// heartbeat, and registering again looks the catalog up afresh. (Their deployments keep the
-/// type as text for history; there is no foreign key to the catalog.)
+/// Refuses when a live worker carries the entry's model number. A model number belongs to one
+/// entry, so those are exactly the workers registered through it (for `generic`, those of
+/// types unknown at the time). Deregistered workers do not count: they cannot heartbeat, and
+/// registering again looks the catalog up afresh. (Their deployments keep the type and model
+/// as text for history; there is no foreign key to the catalog.)
 async fn refuse_if_in_use(conn: &mut PgConnection, worker_type: &str) -> Result<(), CatalogError> {
-    let (live_workers, example): (i64, Option<String>) = sqlx::query_as(
-        "SELECT count(*), min(worker_name) FROM workers
-         WHERE worker_type = $1 AND status <> 'deregistered'",
+    let (model_number, live_workers, example): (String, i64, Option<String>) = sqlx::query_as(
+        "SELECT c.model_number, count(w.worker_name), min(w.worker_name)
+         FROM model_catalog c
+         LEFT JOIN workers w ON w.model_number = c.model_number AND w.status <> 'deregistered'
+         WHERE c.worker_type = $1
+         GROUP BY c.model_number",
     )
     .bind(worker_type)
     .fetch_one(conn)
@@ -348,10 +383,34 @@ async fn refuse_if_in_use(conn: &mut PgConnection, worker_type: &str) -> Result<
     match example {
         Some(example) if live_workers > 0 => Err(CatalogError::InUse {
             worker_type: worker_type.to_string(),
-            live_workers,
-            example,
+            model_number,
+            holders: Some((live_workers, example)),
         }),
         _ => Ok(()),
+    }
+}
+
+/// Refuses a model number that another worker type already has.
+async fn refuse_if_model_taken(
+    conn: &mut PgConnection,
+    model: &ModelNumber,
+    worker_type: &str,
+) -> Result<(), CatalogError> {
+    let holder: Option<String> = sqlx::query_scalar(
+        "SELECT worker_type FROM model_catalog
+         WHERE family = $1 AND generation = $2 AND worker_type <> $3",
+    )
+    .bind(model.family.as_str())
+    .bind(i16::from(model.generation))
+    .bind(worker_type)
+    .fetch_optional(conn)
+    .await?;
+    match holder {
+        Some(holder) => Err(CatalogError::ModelTaken {
+            model_number: model.to_string(),
+            holder: Some(holder),
+        }),
+        None => Ok(()),
     }
 }
 

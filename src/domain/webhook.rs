@@ -66,7 +66,10 @@ fn unknown(index: usize, event: &str) -> (Option<usize>, String) {
 /// delivery; put a TLS-terminating proxy in front of an https receiver.
 pub fn validate_webhook_url(url: &str) -> Result<(), String> {
     let rule = "must be an http:// URL with a host, at most 2048 characters";
-    if url.chars().count() > 2048 || url.chars().any(char::is_control) {
+    if url.chars().count() > 2048
+        || url.chars().any(char::is_control)
+        || !super::worker::is_absolute_url(url, &["http", "https"])
+    {
         return Err(rule.to_string());
     }
     let parsed = url::Url::parse(url).map_err(|_| rule.to_string())?;

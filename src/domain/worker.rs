@@ -69,7 +69,24 @@ fn text_rule(value: &str, max: usize) -> Result<(), String> {
     if value.chars().any(char::is_control) {
         return Err("must not contain control characters".to_string());
     }
+    // " w" and "w" would be two workers that look the same in every table.
+    if value.starts_with(char::is_whitespace) || value.ends_with(char::is_whitespace) {
+        return Err("must not start or end with white space".to_string());
+    }
     Ok(())
+}
+
+/// An absolute URL of one of `schemes` with a host, written out as such: `url` would also
+/// accept `http:x` or ` http://x` and normalise them, but the string stored is the one sent.
+pub(crate) fn is_absolute_url(value: &str, schemes: &[&str]) -> bool {
+    let Some((scheme, rest)) = value.split_once("://") else {
+        return false;
+    };
+    let host_part = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    schemes.iter().any(|s| s.eq_ignore_ascii_case(scheme))
+        && !host_part.is_empty()
+        && !value.chars().any(char::is_whitespace)
+        && url::Url::parse(value).is_ok_and(|url| url.host().is_some())
 }
 
 /// A worker name: 1-128 characters, no control characters, not a route of the API.
@@ -96,13 +113,13 @@ pub fn validate_user_id(user_id: &str) -> Result<(), String> {
 /// An `api_url`: an absolute http or https URL with a host, at most 2048 characters.
 pub fn validate_api_url(api_url: &str) -> Result<(), String> {
     let rule = "must be an http:// or https:// URL with a host, at most 2048 characters";
-    if api_url.chars().count() > 2048 || api_url.chars().any(char::is_control) {
+    if api_url.chars().count() > 2048
+        || api_url.chars().any(char::is_control)
+        || !is_absolute_url(api_url, &["http", "https"])
+    {
         return Err(rule.to_string());
     }
-    match url::Url::parse(api_url) {
-        Ok(url) if matches!(url.scheme(), "http" | "https") && url.host().is_some() => Ok(()),
-        _ => Err(rule.to_string()),
-    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -118,6 +135,11 @@ mod tests {
         assert!(validate_worker_name(&"é".repeat(128)).is_ok());
         assert!(validate_worker_name("bad\nname").is_err());
         assert!(validate_worker_name("list").is_err());
+        assert!(validate_worker_name(" ").is_err());
+        assert!(validate_worker_name("w ").is_err());
+        assert!(validate_worker_name("\u{3000}w").is_err());
+        assert!(validate_worker_name("a b").is_ok());
+        assert!(validate_user_id("u\t").is_err());
     }
 
     #[test]
@@ -127,6 +149,13 @@ mod tests {
         assert!(validate_api_url("ftp://x").is_err());
         assert!(validate_api_url("localhost:8080").is_err());
         assert!(validate_api_url(&format!("http://h/{}", "a".repeat(2048))).is_err());
+        for normalised_by_url in ["http:x", "http:/x", "http:\\\\x", " http://x", "http://x y"] {
+            assert!(
+                validate_api_url(normalised_by_url).is_err(),
+                "{normalised_by_url}"
+            );
+        }
+        assert!(validate_api_url("HTTP://H:1/p?q#f").is_ok());
     }
 
     #[test]

@@ -123,7 +123,7 @@ fn family_spec(name: Option<String>, description: Option<String>) -> Result<Fami
     responses(
         (status = 201, description = "Added", body = CatalogEntry),
         (status = 400, description = "Malformed JSON", body = ErrorBody),
-        (status = 409, description = "The worker_type exists (`catalog_entry_exists`) or the family differs (`family_mismatch`)", body = ErrorBody),
+        (status = 409, description = "The worker_type exists (`catalog_entry_exists`), the family differs (`family_mismatch`), or another worker type has the model number (`model_number_taken`)", body = ErrorBody),
         (status = 422, description = "A field breaks its rule", body = ErrorBody),
         (status = 503, description = "Database unreachable (with Retry-After)", body = ErrorBody),
     )
@@ -193,7 +193,7 @@ pub(crate) async fn entry(
     responses(
         (status = 200, description = "Changed", body = CatalogEntry),
         (status = 404, description = "No such entry", body = ErrorBody),
-        (status = 409, description = "A live worker uses it (`catalog_entry_in_use`), or it is protected", body = ErrorBody),
+        (status = 409, description = "A live worker carries its model number (`catalog_entry_in_use`), another worker type has the new one (`model_number_taken`), or it is protected", body = ErrorBody),
         (status = 422, description = "A field breaks its rule", body = ErrorBody),
         (status = 503, description = "Database unreachable (with Retry-After)", body = ErrorBody),
     )
@@ -244,7 +244,7 @@ pub(crate) async fn update(
     responses(
         (status = 200, description = "Deleted; the entry as it was", body = CatalogEntry),
         (status = 404, description = "No such entry", body = ErrorBody),
-        (status = 409, description = "A live worker uses it (`catalog_entry_in_use`), or it is `generic` (`catalog_entry_protected`)", body = ErrorBody),
+        (status = 409, description = "A live worker carries its model number (`catalog_entry_in_use`), or it is `generic` (`catalog_entry_protected`)", body = ErrorBody),
         (status = 503, description = "Database unreachable (with Retry-After)", body = ErrorBody),
     )
 )]
@@ -308,15 +308,37 @@ impl From<CatalogError> for ApiError {
             ),
             CatalogError::InUse {
                 worker_type,
-                live_workers,
-                example,
+                model_number,
+                holders: Some((live_workers, example)),
             } => conflict(
                 "catalog_entry_in_use",
                 format!(
-                    "worker type {worker_type:?} is used by {live_workers} live worker(s) \
-                     (such as {example:?}); its model number cannot change and it cannot be \
-                     deleted until they deregister (its description may still change)"
+                    "worker type {worker_type:?} ({model_number}) is carried by \
+                     {live_workers} live worker(s) (such as {example:?}); its model number \
+                     cannot change and it cannot be deleted until they deregister (its \
+                     description may still change)"
                 ),
+            ),
+            CatalogError::InUse { holders: None, .. } => conflict(
+                "catalog_entry_in_use",
+                "a live worker registered with this entry meanwhile; its model number cannot \
+                 change and it cannot be deleted until such workers deregister"
+                    .to_string(),
+            ),
+            CatalogError::ModelTaken {
+                model_number,
+                holder,
+            } => conflict(
+                "model_number_taken",
+                match holder {
+                    Some(holder) => format!(
+                        "model number {model_number} belongs to worker type {holder:?}; a model \
+                         number names one worker type, so pick another family or generation"
+                    ),
+                    None => "that model number was just given to another worker type; pick \
+                             another family or generation"
+                        .to_string(),
+                },
             ),
             CatalogError::GenericProtected => conflict(
                 "catalog_entry_protected",

@@ -43,8 +43,31 @@ where
         }
         serde_path_to_error::deserialize(value)
             .map(JsonBody)
-            .map_err(|e| ApiError::validation(e.path().to_string(), e.inner().to_string()))
+            .map_err(|e| {
+                ApiError::validation(e.path().to_string(), type_rule(&e.inner().to_string()))
+            })
     }
+}
+
+/// serde's complaint about a value of the wrong type (`invalid type: integer `5`, expected a
+/// string`), as the rule it broke (`must be a string (got integer `5`)`).
+fn type_rule(complaint: &str) -> String {
+    let parsed = complaint
+        .strip_prefix("invalid type: ")
+        .or_else(|| complaint.strip_prefix("invalid value: "))
+        .and_then(|rest| rest.split_once(", expected "));
+    let Some((got, expected)) = parsed else {
+        return complaint.to_string();
+    };
+    let expected = match expected {
+        "a map" => "a JSON object",
+        "a sequence" => "a JSON array",
+        "i64" | "i32" | "i16" => "an integer",
+        "u8" | "u16" | "u32" | "u64" => "a whole number of 0 or more",
+        "f64" | "f32" => "a number",
+        other => other,
+    };
+    format!("must be {expected} (got {got})")
 }
 
 /// PostgreSQL text cannot hold NUL, so no input may carry one.
