@@ -40,7 +40,7 @@ pub enum ApiError {
     PayloadTooLarge,
     #[error("method not allowed on this path")]
     MethodNotAllowed,
-    #[error("the database is unreachable; retry shortly")]
+    #[error("the database is unreachable or too busy to answer in time; retry shortly")]
     DatabaseUnavailable,
     #[error("{0}")]
     NotReady(String),

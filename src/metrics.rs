@@ -206,7 +206,14 @@ impl Metrics {
 /// Records every request's route, status and latency.
 pub async fn track_http(State(metrics): State<Metrics>, request: Request, next: Next) -> Response {
     let started = Instant::now();
-    let method = request.method().to_string();
+    // Methods outside HTTP's own set are one label, so a client cannot grow the series.
+    const METHODS: [&str; 9] = [
+        "GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT",
+    ];
+    let method = METHODS
+        .into_iter()
+        .find(|m| *m == request.method().as_str())
+        .unwrap_or("other");
     let route = request
         .extensions()
         .get::<MatchedPath>()
@@ -215,11 +222,11 @@ pub async fn track_http(State(metrics): State<Metrics>, request: Request, next: 
     let status = response.status().as_u16().to_string();
     metrics
         .http_requests
-        .with_label_values(&[method.as_str(), route.as_str(), status.as_str()])
+        .with_label_values(&[method, route.as_str(), status.as_str()])
         .inc();
     metrics
         .http_duration
-        .with_label_values(&[method.as_str(), route.as_str()])
+        .with_label_values(&[method, route.as_str()])
         .observe(started.elapsed().as_secs_f64());
     response
 }

@@ -639,6 +639,114 @@ async fn a_deregistration_waiting_on_a_registration_closes_the_new_deployment() 
     assert_eq!((reason.as_str(), serial.as_str()), ("deregistered", newer));
 }
 
+/// Serial numbers sent back must be serial numbers; misspelt fields are refused where the API
+/// is ours and named in `warnings` where the design document's workers may send more.
+#[tokio::test]
+async fn serials_are_checked_and_unknown_fields_are_named() {
+    let app = TestApp::spawn().await;
+    let w = app.register("w", "truemark").await;
+    let serial = w["serial_number"].as_str().unwrap();
+    for bad in ["", "bogus", "dmn-tm-01-a7f3b9e1-89f2c"] {
+        let e = json(
+            app.post(
+                "/api/workers/heartbeat",
+                &json!({"worker_name": "w", "serial_number": bad}),
+            )
+            .await,
+            422,
+        )
+        .await;
+        assert_eq!(e["field"], "serial_number", "{bad}: {e}");
+        let e = json(
+            app.delete(&format!("/api/workers/w?serial_number={}", encode(bad)))
+                .await,
+            422,
+        )
+        .await;
+        assert_eq!(e["field"], "serial_number", "{bad}: {e}");
+    }
+    // A well-formed serial of another deployment is still a 409.
+    let e = json(
+        app.post(
+            "/api/workers/heartbeat",
+            &json!({"worker_name": "w", "serial_number": "DMN-TM-01-00000000-00000"}),
+        )
+        .await,
+        409,
+    )
+    .await;
+    assert_eq!(e["current_serial_number"], serial);
+    // A heartbeat's name follows the name rule: a 422, not a 404 echoing 60,000 characters.
+    let e = json(
+        app.post(
+            "/api/workers/heartbeat",
+            &json!({"worker_name": "n".repeat(60_000)}),
+        )
+        .await,
+        422,
+    )
+    .await;
+    assert_eq!(e["field"], "worker_name");
+    assert_eq!(app.worker("w").await["status"], "registered");
+
+    let r = app
+        .post(
+            "/api/workers/register",
+            &json!({"name": "m", "worker_type": "truemark", "api_url": "http://h:1",
+                    "user_id": "u", "metdata": {"container": "c1"}}),
+        )
+        .await;
+    let m = json(r, 200).await;
+    assert_eq!(m["metadata"], json!({}));
+    let warnings = m["warnings"].as_array().unwrap();
+    assert_eq!(warnings.len(), 1, "{m}");
+    assert!(warnings[0].as_str().unwrap().contains("\"metdata\""), "{m}");
+
+    let e = json(
+        app.post(
+            "/api/workers/m/commands",
+            &json!({"command": "restart", "reasn": "typo"}),
+        )
+        .await,
+        422,
+    )
+    .await;
+    assert_eq!(e["field"], "reasn", "{e}");
+    let e = json(
+        app.post(
+            "/api/webhooks",
+            &json!({"url": "http://h:1/x", "events": ["offline"], "enabeld": false}),
+        )
+        .await,
+        422,
+    )
+    .await;
+    assert_eq!(e["field"], "enabeld", "{e}");
+}
+
+/// A body declared larger than the limit is refused before it is read.
+#[tokio::test]
+async fn an_oversized_declared_body_is_refused_at_once() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = TestApp::spawn().await;
+    let mut socket = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+    socket
+        .write_all(
+            b"POST /api/workers/register HTTP/1.1\r\nHost: x\r\n\
+              Content-Type: application/json\r\nContent-Length: 10000000\r\n\r\n{",
+        )
+        .await
+        .unwrap();
+    let mut answer = vec![0; 4096];
+    let n = tokio::time::timeout(std::time::Duration::from_secs(5), socket.read(&mut answer))
+        .await
+        .expect("an answer without waiting for the body")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer[..n]);
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert!(answer.contains("payload_too_large"), "{answer}");
+}
+
 #[tokio::test]
 async fn health_and_readiness() {
     let app = TestApp::spawn().await;

@@ -258,8 +258,16 @@ async fn bad_input_is_a_422_naming_the_field_and_changes_nothing() {
         (with("generation", json!(100)), "generation", "1 to 99"),
         (with("generation", json!(-1)), "generation", "1 to 99"),
         (with("generation", json!(256)), "generation", "1 to 99"),
-        (with("generation", json!("1")), "generation", "must be an integer"),
-        (with("generation", json!(1.5)), "generation", "must be an integer"),
+        (
+            with("generation", json!("1")),
+            "generation",
+            "must be an integer",
+        ),
+        (
+            with("generation", json!(1.5)),
+            "generation",
+            "must be an integer",
+        ),
         (without("generation"), "generation", "is required"),
         (
             with("worker_type", json!("Fine")),

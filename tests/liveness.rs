@@ -124,6 +124,44 @@ async fn a_heartbeat_recovers_a_stale_or_offline_worker() {
     assert_eq!(ev["events"][0]["kind"], "recovered");
     assert_eq!(ev["events"][0]["from_status"], "offline");
     assert!(ev["next_before"].is_i64());
+    // Paging to the end: the last page, even exactly full, says there is no next one.
+    let all = json(app.get("/api/workers/w/events").await, 200).await;
+    let count = all["events"].as_array().unwrap().len();
+    assert_eq!(all["next_before"], Value::Null);
+    let exact = json(
+        app.get(&format!("/api/workers/w/events?limit={count}"))
+            .await,
+        200,
+    )
+    .await;
+    assert_eq!(exact["events"].as_array().unwrap().len(), count);
+    assert_eq!(exact["next_before"], Value::Null, "{exact}");
+    let (mut before, mut seen) = (None::<i64>, Vec::new());
+    loop {
+        let path = match before {
+            Some(b) => format!("/api/workers/w/events?limit=2&before={b}"),
+            None => "/api/workers/w/events?limit=2".to_string(),
+        };
+        let page = json(app.get(&path).await, 200).await;
+        seen.extend(
+            page["events"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|e| e["id"].clone()),
+        );
+        match page["next_before"].as_i64() {
+            Some(b) => before = Some(b),
+            None => break,
+        }
+    }
+    let ids: Vec<Value> = all["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["id"].clone())
+        .collect();
+    assert_eq!(seen, ids);
 }
 
 #[tokio::test]

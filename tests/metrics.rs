@@ -39,8 +39,26 @@ async fn metrics_count_what_happened() {
     app.heartbeat("tm").await;
     app.heartbeat("tm").await;
     assert_eq!(app.heartbeat("nobody").await, 404);
+    // Made-up methods share one label: a client cannot grow the series.
+    for method in ["FOO", "BAR1"] {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        let r = app
+            .client
+            .request(method, app.url("/api/workers/list"))
+            .send()
+            .await;
+        assert_eq!(r.unwrap().status(), 405);
+    }
 
     let text = scrape(&app, &app.url("/metrics")).await;
+    assert!(!text.contains("FOO") && !text.contains("BAR1"));
+    assert_eq!(
+        sample(
+            &text,
+            r#"dals_http_requests_total{method="other",route="/api/workers/list",status="405"}"#
+        ),
+        Some(2.0)
+    );
     let at = |series: &str| sample(&text, series);
     assert_eq!(at(r#"dals_registrations_total{family="TM"}"#), Some(1.0));
     assert_eq!(at(r#"dals_registrations_total{family="RG"}"#), Some(1.0));

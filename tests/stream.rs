@@ -261,7 +261,18 @@ async fn bad_filters_are_refused() {
         .send()
         .await
         .unwrap();
-    assert_eq!(json(r, 400).await["error"], "bad_request");
+    let e = json(r, 422).await;
+    assert_eq!(e["field"], "Last-Event-ID");
+    let e = json(
+        app.get("/api/workers/events/stream?last_event_id=yesterday")
+            .await,
+        422,
+    )
+    .await;
+    assert_eq!(e["field"], "last_event_id");
+    // `brake` stands for both brake kinds, as for webhooks.
+    let r = app.get("/api/workers/events/stream?kind=brake,stale").await;
+    assert_eq!(r.status(), 200);
 }
 
 #[tokio::test]

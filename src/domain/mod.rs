@@ -14,7 +14,7 @@ pub use catalog::{
 };
 pub use command::{COMMAND_REASON_MAX_CHARS, WorkerCommand, validate_command_reason};
 pub use model::{FamilyCode, ModelNumber};
-pub use serial::{SerialNumber, deployment_counter};
+pub use serial::{SerialNumber, deployment_counter, validate_serial_number};
 pub use webhook::{
     EVENT_KINDS, WEBHOOK_DESCRIPTION_MAX_CHARS, backoff_secs, parse_event_kinds,
     validate_webhook_description, validate_webhook_secret, validate_webhook_url,

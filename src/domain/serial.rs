@@ -40,6 +40,31 @@ pub fn deployment_counter(deployed_at: DateTime<Utc>) -> u32 {
     deployed_at.timestamp().rem_euclid(COUNTER_MODULUS) as u32
 }
 
+/// A serial number as a client sends it back: `DMN-XX-YY-XXXXXXXX-XXXXX`, upper-case hex.
+pub fn validate_serial_number(serial: &str) -> Result<(), String> {
+    let rule = || {
+        "must be a serial number as registration answered it, DMN-XX-YY-XXXXXXXX-XXXXX \
+         (upper-case hex), such as DMN-TM-01-A7F3B9E1-89F2C"
+            .to_string()
+    };
+    let (model, rest) = serial.split_at_checked(9).ok_or_else(rule)?;
+    let model_ok = model.strip_prefix("DMN-").is_some_and(|m| {
+        let (family, generation) = m.split_at_checked(2).unwrap_or_default();
+        family.parse::<super::FamilyCode>().is_ok()
+            && generation.len() == 3
+            && generation.starts_with('-')
+            && generation[1..].bytes().all(|b| b.is_ascii_digit())
+    });
+    let hex = |part: &str, len: usize| {
+        part.len() == len && part.bytes().all(|b| matches!(b, b'0'..=b'9' | b'A'..=b'F'))
+    };
+    let parts: Vec<&str> = rest.split('-').collect();
+    match parts.as_slice() {
+        ["", shard, counter] if model_ok && hex(shard, 8) && hex(counter, 5) => Ok(()),
+        _ => Err(rule()),
+    }
+}
+
 impl fmt::Display for SerialNumber {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}-{:08X}-{:05X}", self.model, self.shard, self.counter)
@@ -69,6 +94,24 @@ mod tests {
                 .chars()
                 .all(|c| c == '-' || c.is_ascii_digit() || c.is_ascii_uppercase())
         );
+    }
+
+    #[test]
+    fn serials_as_sent_back() {
+        assert!(validate_serial_number("DMN-TM-01-A7F3B9E1-89F2C").is_ok());
+        for bad in [
+            "",
+            "bogus",
+            "😀",
+            "DMN-TM-01-a7f3b9e1-89f2c",
+            "DMN-TM-01-A7F3B9E1-89F2",
+            "DMN-TM-1-A7F3B9E1-89F2C",
+            "DMN-tm-01-A7F3B9E1-89F2C",
+            "DMN-TM-01-A7F3B9E1-89F2C-",
+            "XYZ-TM-01-A7F3B9E1-89F2C",
+        ] {
+            assert!(validate_serial_number(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -58,6 +58,7 @@ impl From<CommandRow> for CommandView {
 
 /// The body of `POST /api/workers/{name}/commands`.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct QueueRequest {
     /// `restart`.
     #[schema(required = true, example = "restart")]

@@ -173,3 +173,20 @@ pub async fn reject_nul_in_uri(
     }
     Ok(next.run(request).await)
 }
+
+/// Refuses a body whose declared length is over the limit at once, before reading any of it
+/// (the limit on the body itself still holds for chunked bodies).
+pub async fn refuse_oversized_body(
+    request: Request,
+    next: axum::middleware::Next,
+) -> Result<axum::response::Response, ApiError> {
+    let declared = request
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_some_and(|len| len > super::BODY_LIMIT_BYTES as u64) {
+        return Err(ApiError::PayloadTooLarge);
+    }
+    Ok(next.run(request).await)
+}

@@ -25,8 +25,8 @@ use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::trace::TraceLayer;
 
-use extract::reject_nul_in_uri;
 pub use extract::{ApiPath, ApiQuery, JsonBody};
+use extract::{refuse_oversized_body, reject_nul_in_uri};
 pub use openapi::ApiDoc;
 
 use crate::db::Db;
@@ -75,6 +75,7 @@ pub fn router(state: AppState) -> Router {
         .fallback(|| async { ApiError::NotFound("no such endpoint".to_string()) })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(axum::middleware::from_fn(reject_nul_in_uri))
+        .layer(axum::middleware::from_fn(refuse_oversized_body))
         .layer(axum::middleware::from_fn_with_state(
             state.metrics.clone(),
             track_http,

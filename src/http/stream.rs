@@ -20,7 +20,7 @@ use serde_json::json;
 use super::views::EventView;
 use super::{ApiQuery, AppState};
 use crate::db::StreamEventRow;
-use crate::domain::{EVENT_KINDS, FamilyCode};
+use crate::domain::{FamilyCode, parse_event_kinds};
 use crate::error::{ApiError, ErrorBody};
 
 /// How often a stream waiting on a gap in the event ids checks whether it has filled.
@@ -45,7 +45,7 @@ pub struct StreamParams {
     pub worker: Option<String>,
     /// Only events of workers of this family (`TM`, ...).
     pub family: Option<String>,
-    /// Only these kinds, comma-separated (`stale,offline`).
+    /// Only these kinds, comma-separated (`stale,offline`; `brake` for both brake kinds).
     pub kind: Option<String>,
     /// Resume after this event id (as the `Last-Event-ID` header does).
     pub last_event_id: Option<i64>,
@@ -86,8 +86,7 @@ impl Filter {
     ),
     responses(
         (status = 200, description = "A stream of events; each `data:` is one event", content_type = "text/event-stream", body = EventView),
-        (status = 400, description = "`Last-Event-ID` is not an integer", body = ErrorBody),
-        (status = 422, description = "A filter breaks its rule", body = ErrorBody),
+        (status = 422, description = "A filter breaks its rule, or `Last-Event-ID` is not an integer", body = ErrorBody),
         (status = 503, description = "Database unreachable (with Retry-After)", body = ErrorBody),
     )
 )]
@@ -104,22 +103,8 @@ pub(crate) async fn stream(
     let kinds = params
         .kind
         .map(|list| {
-            list.split(',')
-                .map(|k| {
-                    let k = k.trim();
-                    if EVENT_KINDS.contains(&k) {
-                        Ok(k.to_string())
-                    } else {
-                        Err(ApiError::validation(
-                            "kind",
-                            format!(
-                                "{k:?} is not an event kind; known: {}",
-                                EVENT_KINDS.join(", ")
-                            ),
-                        ))
-                    }
-                })
-                .collect::<Result<Vec<_>, _>>()
+            let kinds: Vec<String> = list.split(',').map(|k| k.trim().to_string()).collect();
+            parse_event_kinds(&kinds).map_err(|(_, rule)| ApiError::validation("kind", rule))
         })
         .transpose()?;
     let header = headers
@@ -128,9 +113,7 @@ pub(crate) async fn stream(
             v.to_str()
                 .ok()
                 .and_then(|s| s.trim().parse::<i64>().ok())
-                .ok_or_else(|| {
-                    ApiError::BadRequest("Last-Event-ID must be an event id (an integer)".into())
-                })
+                .ok_or_else(|| ApiError::validation("Last-Event-ID", "must be an integer"))
         })
         .transpose()?;
     let cursor = match header.or(params.last_event_id) {

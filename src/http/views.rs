@@ -178,3 +178,15 @@ impl LivenessView {
         }
     }
 }
+
+/// A page of `limit` rows, newest first, from a read of up to `limit + 1`, and the `before`
+/// of the next page: the last row's id when there is more, none on the last page.
+pub fn page<T>(mut rows: Vec<T>, limit: i64, id: impl Fn(&T) -> i64) -> (Vec<T>, Option<i64>) {
+    let limit = usize::try_from(limit).unwrap_or(0);
+    if rows.len() <= limit {
+        return (rows, None);
+    }
+    rows.truncate(limit);
+    let next = rows.last().map(id);
+    (rows, next)
+}

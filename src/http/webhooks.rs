@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::{Value, json};
 
-use super::views::iso;
+use super::views::{iso, page};
 use super::{ApiPath, ApiQuery, AppState, JsonBody};
 use crate::db::{AttemptRow, DeliveryRow, NewWebhook, WebhookRow};
 use crate::domain::{
@@ -30,6 +30,7 @@ pub fn router() -> Router<AppState> {
 /// The body of `POST /api/webhooks`. Fields are optional here so that a missing one is
 /// reported by name rather than as a parse failure.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct CreateWebhook {
     /// An http(s) URL.
     #[schema(required = true, example = "http://orchestrator:9000/dals")]
@@ -350,8 +351,9 @@ pub(crate) async fn deliveries(
     }
     let rows = state
         .db
-        .webhook_deliveries(id, params.before, params.status.as_deref(), limit)
+        .webhook_deliveries(id, params.before, params.status.as_deref(), limit + 1)
         .await?;
+    let (rows, next_before) = page(rows, limit, |r| r.id);
     let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
     let mut attempts: HashMap<i64, Vec<AttemptView>> = HashMap::new();
     for attempt in state.db.webhook_attempts(&ids).await? {
@@ -360,9 +362,6 @@ pub(crate) async fn deliveries(
             .or_default()
             .push(attempt.into());
     }
-    let next_before = (rows.len() as i64 == limit)
-        .then(|| rows.last().map(|r| r.id))
-        .flatten();
     let views = rows
         .into_iter()
         .map(|row| {

@@ -14,15 +14,15 @@ use serde_json::{Map, Value};
 use utoipa::{IntoParams, ToSchema};
 
 use super::commands::CommandView;
-use super::views::{DeploymentView, EventView, LivenessView, WorkerView};
+use super::views::{DeploymentView, EventView, LivenessView, WorkerView, page};
 use super::{ApiPath, ApiQuery, AppState, JsonBody};
 use crate::db::{
     DeregisterOutcome, FleetCounts, HeartbeatOutcome, ListFilter, ListOrder, NewDeployment,
     RegisterOutcome,
 };
 use crate::domain::{
-    FamilyCode, WorkerStatus, validate_api_url, validate_user_id, validate_worker_name,
-    validate_worker_type,
+    FamilyCode, WorkerStatus, validate_api_url, validate_serial_number, validate_user_id,
+    validate_worker_name, validate_worker_type,
 };
 use crate::error::{ApiError, ErrorBody};
 use crate::metrics::Metrics;
@@ -57,6 +57,11 @@ pub struct RegisterRequest {
     /// Anything the worker wants kept with its deployment.
     #[schema(value_type = Option<Object>)]
     pub metadata: Option<Map<String, Value>>,
+    /// Fields the registry does not know: accepted (workers may send more than the design
+    /// document's four), and named in `warnings` so a misspelt one is noticed.
+    #[serde(flatten)]
+    #[schema(ignore)]
+    pub unknown: BTreeMap<String, Value>,
 }
 
 /// The answer to a registration: the worker plus anything the client should know.
@@ -106,6 +111,16 @@ pub(crate) async fn register(
     let worker_type = required(req.worker_type, "worker_type", validate_worker_type)?;
     let api_url = required(req.api_url, "api_url", validate_api_url)?;
     let user_id = required(req.user_id, "user_id", validate_user_id)?;
+    let ignored: Vec<String> = req
+        .unknown
+        .keys()
+        .map(|field| {
+            format!(
+                "unknown field {field:?} ignored (the fields are name, worker_type, api_url, \
+                 user_id and metadata)"
+            )
+        })
+        .collect();
 
     let outcome = state
         .db
@@ -118,7 +133,7 @@ pub(crate) async fn register(
             metadata: Value::Object(req.metadata.unwrap_or_default()),
         })
         .await?;
-    let (row, warnings) = match outcome {
+    let (row, mut warnings) = match outcome {
         RegisterOutcome::Registered {
             row,
             generic: false,
@@ -141,6 +156,7 @@ pub(crate) async fn register(
             ));
         }
     };
+    warnings.extend(ignored);
     tracing::info!(
         worker = %row.worker_name,
         serial = %row.serial_number,
@@ -198,7 +214,7 @@ pub struct HeartbeatAnswer {
         (status = 404, description = "No such worker (`worker_not_found`): register first", body = ErrorBody),
         (status = 409, description = "`serial_number` is not the current deployment (`serial_mismatch`)", body = ErrorBody),
         (status = 410, description = "The worker deregistered (`worker_deregistered`)", body = ErrorBody),
-        (status = 422, description = "`worker_name` missing or a field of the wrong type", body = ErrorBody),
+        (status = 422, description = "`worker_name` missing or breaking the name rule, `serial_number` not a serial number, or a field of the wrong type", body = ErrorBody),
         (status = 503, description = "Database unreachable (with Retry-After)", body = ErrorBody),
     )
 )]
@@ -206,9 +222,11 @@ pub(crate) async fn heartbeat(
     State(state): State<AppState>,
     JsonBody(req): JsonBody<HeartbeatRequest>,
 ) -> Result<Json<HeartbeatAnswer>, ApiError> {
-    let name = req
-        .worker_name
-        .ok_or_else(|| ApiError::validation("worker_name", "is required"))?;
+    let name = required(req.worker_name, "worker_name", validate_worker_name)?;
+    if let Some(serial) = &req.serial_number {
+        validate_serial_number(serial)
+            .map_err(|rule| ApiError::validation("serial_number", rule))?;
+    }
     if req.acked_commands.is_some() && req.serial_number.is_none() {
         return Err(ApiError::validation(
             "acked_commands",
@@ -493,6 +511,7 @@ pub struct DeregisterParams {
         (status = 200, description = "Deregistered (also when it already was)", body = WorkerView),
         (status = 404, description = "No such worker", body = ErrorBody),
         (status = 409, description = "`serial_number` is not the current deployment", body = ErrorBody),
+        (status = 422, description = "`serial_number` is not a serial number", body = ErrorBody),
         (status = 503, description = "Database unreachable (with Retry-After)", body = ErrorBody),
     )
 )]
@@ -501,6 +520,10 @@ pub(crate) async fn deregister(
     ApiPath(name): ApiPath<String>,
     ApiQuery(params): ApiQuery<DeregisterParams>,
 ) -> Result<Json<WorkerView>, ApiError> {
+    if let Some(serial) = &params.serial_number {
+        validate_serial_number(serial)
+            .map_err(|rule| ApiError::validation("serial_number", rule))?;
+    }
     match state
         .db
         .deregister(&name, params.serial_number.as_deref())
@@ -564,10 +587,11 @@ pub(crate) async fn events(
     if state.db.worker(&name).await?.is_none() {
         return Err(ApiError::WorkerNotFound(name));
     }
-    let rows = state.db.worker_events(&name, params.before, limit).await?;
-    let next_before = (rows.len() as i64 == limit)
-        .then(|| rows.last().map(|r| r.id))
-        .flatten();
+    let rows = state
+        .db
+        .worker_events(&name, params.before, limit + 1)
+        .await?;
+    let (rows, next_before) = page(rows, limit, |r| r.id);
     let events: Vec<EventView> = rows.into_iter().map(Into::into).collect();
     Ok(Json(EventsPage {
         worker_name: name,

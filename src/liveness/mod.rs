@@ -191,7 +191,7 @@ pub async fn sweep_once(
     let (state, away) = sweep::begin(conn, instance, settings.stale_after_secs).await?;
     if away {
         tracing::warn!(
-            grace_until = ?state.grace_until,
+            grace_until = %state.grace_until.map(|t| t.to_rfc3339()).unwrap_or_default(),
             "no sweep ran for longer than stale_after: the registry was away; \
              giving workers a grace period before marking any stale"
         );
