@@ -12,28 +12,48 @@ use dals_registry::{db::Db, ops, telemetry, verify};
 #[derive(Debug, Parser)]
 #[command(name = "dals", version, about)]
 struct Cli {
-    /// A TOML settings file (sections as in .env.example: [server], [database], ...).
-    #[arg(long, global = true, value_name = "FILE")]
-    config: Option<PathBuf>,
-    /// Address to listen on (overrides DALS_SERVER__HOST).
-    #[arg(long, global = true)]
-    host: Option<IpAddr>,
-    /// Port to listen on (overrides DALS_SERVER__PORT).
-    #[arg(long, global = true)]
-    port: Option<u16>,
-    /// PostgreSQL URL (overrides DATABASE_URL).
-    #[arg(long, global = true, value_name = "URL")]
-    database_url: Option<String>,
+    #[command(flatten)]
+    server: ServerArgs,
     #[command(subcommand)]
     command: Option<Command>,
+}
+
+/// Where the registry itself finds its settings and listens: for `serve` and `migrate` (and
+/// plain `dals`), not for the commands that talk to a running registry.
+#[derive(Debug, Default, clap::Args)]
+struct ServerArgs {
+    /// A TOML settings file (sections as in .env.example: [server], [database], ...).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Address to listen on (overrides DALS_SERVER__HOST).
+    #[arg(long)]
+    host: Option<IpAddr>,
+    /// Port to listen on (overrides DALS_SERVER__PORT).
+    #[arg(long)]
+    port: Option<u16>,
+    /// PostgreSQL URL (overrides DATABASE_URL).
+    #[arg(long, value_name = "URL")]
+    database_url: Option<String>,
+}
+
+impl ServerArgs {
+    /// These flags, with those given before the subcommand filling in the rest.
+    fn or(self, before: ServerArgs) -> ServerArgs {
+        ServerArgs {
+            config: self.config.or(before.config),
+            host: self.host.or(before.host),
+            port: self.port.or(before.port),
+            database_url: self.database_url.or(before.database_url),
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the registry (the default).
-    Serve,
+    Serve(ServerArgs),
     /// Apply database migrations and exit.
-    Migrate,
+    Migrate(ServerArgs),
     /// Check a running registry as the design document's verification script does.
     Verify(verify::VerifyArgs),
     /// Read the fleet of a running registry: list, get, status, events.
@@ -61,19 +81,20 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    let migrate_only = match cli.command {
+    let (server, migrate_only) = match cli.command {
         Some(Command::Verify(args)) => return Ok(verify::run(&args).await),
         Some(Command::Workers(args)) => return Ok(ops::workers(&args).await),
         Some(Command::Catalog(args)) => return Ok(ops::catalog(&args).await),
-        Some(Command::Migrate) => true,
-        None | Some(Command::Serve) => false,
+        Some(Command::Migrate(args)) => (args.or(cli.server), true),
+        Some(Command::Serve(args)) => (args.or(cli.server), false),
+        None => (cli.server, false),
     };
     let overrides = Overrides {
-        host: cli.host,
-        port: cli.port,
-        database_url: cli.database_url,
+        host: server.host,
+        port: server.port,
+        database_url: server.database_url,
     };
-    let settings = Settings::load(cli.config.as_deref(), &overrides)?;
+    let settings = Settings::load(server.config.as_deref(), &overrides)?;
     telemetry::init(&settings.log);
     if migrate_only {
         let db = Db::connect(&settings.database).await?;

@@ -204,3 +204,71 @@ async fn the_design_documents_python_worker_registers_and_heartbeats() {
     assert_eq!(w["status"], "active");
     assert_eq!(w["heartbeat_count"], 3);
 }
+
+/// A free TCP port on 127.0.0.1 (bound and let go).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Settings layer as built-in defaults < the `--config` file < environment < flags: the
+/// registry listens on the port of the highest layer that sets one, and takes the other
+/// settings from the layers below.
+#[tokio::test]
+async fn settings_layer_defaults_file_environment_flags() {
+    let database_url = common::create_database().await;
+    let dir = std::env::temp_dir().join(format!("dals-settings-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("dals.toml");
+    let (file_port, env_port, flag_port) = (free_port(), free_port(), free_port());
+    std::fs::write(
+        &config,
+        format!("[server]\nhost = \"127.0.0.1\"\nport = {file_port}\n\n[liveness]\nbrake_fraction = 0.25\n"),
+    )
+    .unwrap();
+
+    let client = reqwest::Client::new();
+    for (env, flag, expect) in [
+        (None, None, file_port),
+        (Some(env_port), None, env_port),
+        (Some(env_port), Some(flag_port), flag_port),
+    ] {
+        let mut command = Command::new(DALS);
+        command
+            .args(["serve", "--config", config.to_str().unwrap()])
+            .env("DATABASE_URL", &database_url)
+            .env_remove("DALS_SERVER__PORT")
+            .env("DALS_LOG__LEVEL", "warn")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        if let Some(port) = env {
+            command.env("DALS_SERVER__PORT", port.to_string());
+        }
+        if let Some(port) = flag {
+            command.args(["--port", &port.to_string()]);
+        }
+        let mut child = command.spawn().expect("start dals serve");
+        let url = format!("http://127.0.0.1:{expect}/api/workers/status");
+        let mut status = None;
+        for _ in 0..200 {
+            if let Ok(r) = client.get(&url).send().await
+                && r.status().is_success()
+            {
+                status = Some(r.json::<serde_json::Value>().await.unwrap());
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        let status = status.unwrap_or_else(|| {
+            panic!("env {env:?}, flag {flag:?}: nothing answered on port {expect}")
+        });
+        // The file's other settings hold whichever layer set the port.
+        assert_eq!(status["brake"]["fraction"], 0.25, "{status}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

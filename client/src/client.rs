@@ -131,7 +131,7 @@ pub struct Registered {
     pub worker_type: String,
     /// `DMN-XX-YY`.
     pub model_number: String,
-    /// This deployment's serial number, e.g. `DMN-TM-01-A7F3B9E1-9C5A4`.
+    /// This deployment's serial number, e.g. `DMN-TM-01-A7F3B9E1-1B48B`.
     pub serial_number: String,
     #[serde(default)]
     pub status: String,
