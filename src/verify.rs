@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use clap::Args;
 use serde_json::{Value, json};
 
-use crate::remote::{encode, get_json, send_json};
+use crate::remote::{CallError, encode, get_json, send_json};
 
 /// Arguments of `dals verify`.
 #[derive(Debug, Args)]
@@ -137,7 +137,10 @@ pub async fn run(args: &VerifyArgs) -> ExitCode {
                     w["status"].as_str().unwrap_or("?")
                 ),
             ),
-            Err(e) => report.fail(5, &format!("{worker} is not registered: {e}")),
+            Err(e @ CallError::Api { .. }) => {
+                report.fail(5, &format!("{worker} is not registered: {}", e.message()))
+            }
+            Err(e) => report.fail(5, &format!("{worker}: cannot check: {e}")),
         },
         None => println!("- 5. named worker: skipped (pass --worker [NAME] to check one)"),
     }
