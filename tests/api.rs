@@ -971,3 +971,23 @@ async fn nul_characters_are_refused_wherever_they_come() {
     let r = app.client.post(app.url("/metrics")).send().await.unwrap();
     assert_eq!(json(r, 405).await["error"], "method_not_allowed");
 }
+
+/// A PostgreSQL that requires TLS (`sslmode=require`, as managed services do) is reachable:
+/// every connection of the registry to its database is encrypted.
+#[tokio::test]
+async fn the_database_may_require_tls() {
+    let url = format!("{}?sslmode=require", common::create_database().await);
+    let app = TestApp::spawn_on(&url, |_| {}).await;
+    app.register("w", "truemark").await;
+    assert_eq!(app.heartbeat("w").await, 200);
+    let (mine, plain): (bool, i64) = sqlx::query_as(
+        "SELECT (SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()),
+                (SELECT count(*) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid)
+                 WHERE a.datname = current_database() AND NOT s.ssl)",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert!(mine);
+    assert_eq!(plain, 0, "a connection of the registry is not encrypted");
+}
