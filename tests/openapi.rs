@@ -83,6 +83,16 @@ async fn every_endpoint_is_documented_with_its_errors() {
                 .map(|(_, r)| r)
                 .collect();
             assert!(!errors.is_empty(), "{method} {path} documents no error");
+            // What the router's layers answer on any operation is there too.
+            for code in ["422", "503"] {
+                assert!(responses.contains_key(code), "{method} {path} lacks {code}");
+            }
+            if op.get("requestBody").is_some() {
+                assert!(responses.contains_key("413"), "{method} {path} lacks 413");
+            }
+            if path.contains('{') {
+                assert!(responses.contains_key("400"), "{method} {path} lacks 400");
+            }
             for e in errors {
                 assert_eq!(
                     e["content"]["application/json"]["schema"]["$ref"],

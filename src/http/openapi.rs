@@ -5,7 +5,8 @@ use axum::http::header;
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use utoipa::OpenApi;
+use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+use utoipa::{Modify, OpenApi};
 
 use super::{
     AppState, catalog, commands, dashboard, health, liveness, metrics, stream, webhooks, workers,
@@ -53,6 +54,7 @@ use super::{
         docs,
     ),
     components(schemas(crate::error::ErrorBody)),
+    modifiers(&CommonErrors),
     tags(
         (name = "workers", description = "Registration, heartbeats and the fleet (the design document's API)"),
         (name = "commands", description = "Operator commands delivered in heartbeat answers"),
@@ -65,6 +67,62 @@ use super::{
     )
 )]
 pub struct ApiDoc;
+
+/// The errors the router's own layers can answer on any API operation, added where an
+/// operation does not describe them itself: a declared or streamed body over the limit (413),
+/// a path that is not percent-encoded UTF-8 (400), a NUL in the path or query (422), a request
+/// that outlived its timeout or found the database unreachable (503).
+struct CommonErrors;
+
+impl Modify for CommonErrors {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        let error = |description: &str| {
+            ResponseBuilder::new()
+                .description(description)
+                .content(
+                    "application/json",
+                    ContentBuilder::new()
+                        .schema(Some(Ref::from_schema_name("ErrorBody")))
+                        .build(),
+                )
+                .build()
+        };
+        for (path, item) in doc.paths.paths.iter_mut() {
+            if !path.starts_with("/api/") {
+                continue;
+            }
+            let has_path_params = path.contains('{');
+            for op in [
+                &mut item.get,
+                &mut item.post,
+                &mut item.put,
+                &mut item.patch,
+                &mut item.delete,
+            ]
+            .into_iter()
+            .flatten()
+            {
+                let mut add = |code: &str, description: &str| {
+                    op.responses
+                        .responses
+                        .entry(code.to_string())
+                        .or_insert_with(|| error(description).into());
+                };
+                if op.request_body.is_some() {
+                    add("413", "Body over 64 KiB");
+                }
+                if has_path_params {
+                    add("400", "A path parameter is not valid percent-encoded UTF-8");
+                }
+                add("422", "A value breaks its rule (a NUL in the path or query, among others)");
+                add(
+                    "503",
+                    "Database unreachable or busy, or the request timed out (with Retry-After)",
+                );
+            }
+        }
+    }
+}
 
 pub fn router() -> Router<AppState> {
     Router::new()
