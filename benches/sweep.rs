@@ -9,66 +9,31 @@
 //! heartbeat latency during the sweep against a baseline measured just before, in the same
 //! run, as a ratio. Figures, not assertions: this machine is noisy.
 
+mod common;
+
 use std::time::{Duration, Instant};
 
+use common::BenchDb;
 use dals_registry::db::{Db, Lapse, sweep};
 use dals_registry::liveness::SWEEP_BATCH;
-use sqlx::postgres::PgPoolOptions;
 use tokio::sync::watch;
 
 const LIVE: usize = 50;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let server = std::env::var("DATABASE_URL")
-        .map_err(|_| anyhow::anyhow!("set DATABASE_URL to a PostgreSQL server"))?;
     let workers: i64 = std::env::var("DALS_BENCH_WORKERS")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(100_000);
 
-    let name = format!("dals_bench_{}", uuid::Uuid::new_v4().simple());
-    let admin = PgPoolOptions::new()
-        .max_connections(1)
-        .connect(&server)
-        .await?;
-    sqlx::query(sqlx::AssertSqlSafe(format!(r#"CREATE DATABASE "{name}""#)))
-        .execute(&admin)
-        .await?;
-    let mut url = url::Url::parse(&server)?;
-    url.set_path(&name);
-    let pool = PgPoolOptions::new()
-        .max_connections(8)
-        .connect(url.as_str())
-        .await?;
+    let bench = BenchDb::create().await?;
+    let pool = bench.pool.clone();
     let db = Db::from_pool(pool.clone());
-    db.migrate().await?;
 
     // N workers that last beat an hour ago, and LIVE that keep beating.
     let seeded = Instant::now();
-    sqlx::query(
-        "INSERT INTO deployments (serial_number, worker_name, worker_type, family, generation,
-                                  model_number, api_url, user_id, deployed_at)
-         SELECT 'DMN-TM-01-' || lpad(upper(to_hex(i)), 8, '0') || '-00000', 'w-' || i,
-                'truemark', 'TM', 1, 'DMN-TM-01', 'http://h', 'u', now() - interval '2 hours'
-         FROM generate_series(1, $1 + $2) AS i",
-    )
-    .bind(workers)
-    .bind(LIVE as i64)
-    .execute(&pool)
-    .await?;
-    sqlx::query(
-        "INSERT INTO workers (worker_name, serial_number, worker_type, family, generation,
-                              model_number, api_url, user_id, status, deployed_at,
-                              status_changed_at, last_heartbeat_at, heartbeat_count)
-         SELECT worker_name, serial_number, worker_type, family, generation, model_number,
-                api_url, user_id, 'active', deployed_at, deployed_at,
-                now() - interval '1 hour', 1
-         FROM deployments",
-    )
-    .execute(&pool)
-    .await?;
-    sqlx::query("ANALYZE workers").execute(&pool).await?;
+    bench.seed_workers(workers + LIVE as i64).await?;
     let live: Vec<String> = (workers + 1..=workers + LIVE as i64)
         .map(|i| format!("w-{i}"))
         .collect();
@@ -132,13 +97,7 @@ async fn main() -> anyhow::Result<()> {
     );
 
     drop(conn);
-    pool.close().await;
-    sqlx::query(sqlx::AssertSqlSafe(format!(
-        r#"DROP DATABASE "{name}" WITH (FORCE)"#
-    )))
-    .execute(&admin)
-    .await?;
-    Ok(())
+    bench.drop().await
 }
 
 struct Latency {

@@ -472,6 +472,73 @@ async fn workers_get_a_grace_period_after_a_registry_outage() {
     assert!(json(back.get("/api/workers/status").await, 200).await["grace_until"].is_null());
 }
 
+/// The registry runs but cannot reach its database for longer than stale_after (the
+/// database refuses connections, and those open are cut): requests get 503s meanwhile, and
+/// once it is back the workers get the same grace as after a registry outage.
+#[tokio::test]
+async fn workers_get_a_grace_period_after_the_database_was_unreachable() {
+    let app = TestApp::spawn_with(fast).await;
+    app.register("patient", "truemark").await;
+    app.register("quiet", "truemark").await;
+    app.heartbeat("patient").await;
+    app.heartbeat("quiet").await;
+    let database = url::Url::parse(&app.database_url).unwrap().path()[1..].to_string();
+    let admin = sqlx::PgPool::connect(&common::server_url()).await.unwrap();
+    let set_allowed = async |allowed: bool| {
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            r#"ALTER DATABASE "{database}" ALLOW_CONNECTIONS {allowed}"#
+        )))
+        .execute(&admin)
+        .await
+        .unwrap();
+    };
+
+    set_allowed(false).await;
+    sqlx::query(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+         WHERE datname = $1 AND pid <> pg_backend_pid()",
+    )
+    .bind(&database)
+    .execute(&admin)
+    .await
+    .unwrap();
+    let r = app
+        .post("/api/workers/heartbeat", &json!({"worker_name": "patient"}))
+        .await;
+    assert_eq!(r.status(), 503);
+    assert!(r.headers().contains_key("retry-after"));
+    // Away for longer than stale_after: nobody could heartbeat.
+    tokio::time::sleep(Duration::from_secs_f64(STALE * 2.5)).await;
+    set_allowed(true).await;
+    let back = Instant::now();
+
+    wait_for("grace to be shown", Duration::from_secs(10), async || {
+        let r = app.get("/api/workers/status").await;
+        r.status() == 200 && r.json::<Value>().await.unwrap()["grace_until"].is_string()
+    })
+    .await;
+    assert_eq!(status_of(&app, "patient").await, "active");
+    assert_eq!(status_of(&app, "quiet").await, "active");
+    assert_eq!(app.heartbeat("patient").await, 200);
+    wait_for(
+        "the quiet worker to go stale after grace",
+        Duration::from_secs(10),
+        async || status_of(&app, "quiet").await == "stale",
+    )
+    .await;
+    assert!(
+        back.elapsed() >= Duration::from_secs_f64(STALE),
+        "stale before the grace period ended"
+    );
+    let reasons: Vec<String> = sqlx::query_scalar(
+        "SELECT kind FROM worker_events WHERE worker_name = 'quiet' ORDER BY id",
+    )
+    .fetch_all(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(reasons, ["registered", "first_heartbeat", "stale"]);
+}
+
 fn braked(s: &mut Settings) {
     fast(s);
     s.liveness.stale_after_secs = 1.0;

@@ -114,7 +114,10 @@ impl Modify for CommonErrors {
                 if has_path_params {
                     add("400", "A path parameter is not valid percent-encoded UTF-8");
                 }
-                add("422", "A value breaks its rule (a NUL in the path or query, among others)");
+                add(
+                    "422",
+                    "A value breaks its rule (a NUL in the path or query, among others)",
+                );
                 add(
                     "503",
                     "Database unreachable or busy, or the request timed out (with Retry-After)",
