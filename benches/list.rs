@@ -73,10 +73,7 @@ async fn read_list(client: &reqwest::Client, url: &str) -> anyhow::Result<Readin
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let workers: i64 = std::env::var("DALS_BENCH_WORKERS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(100_000);
+    let workers = common::fleet_size();
     let bench = BenchDb::create().await?;
     let seeded = Instant::now();
     bench.seed_workers(workers).await?;

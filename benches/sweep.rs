@@ -22,10 +22,7 @@ const LIVE: usize = 50;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let workers: i64 = std::env::var("DALS_BENCH_WORKERS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(100_000);
+    let workers = common::fleet_size();
 
     let bench = BenchDb::create().await?;
     let pool = bench.pool.clone();

@@ -606,18 +606,14 @@ async fn a_deregistration_waiting_on_a_registration_closes_the_new_deployment() 
     ] {
         sqlx::query(sql).execute(&mut *registering).await.unwrap();
     }
-    let delete = tokio::spawn({
-        let client = app.client.clone();
-        let url = app.url("/api/workers/w");
-        async move { client.delete(url).send().await.unwrap().status().as_u16() }
-    });
+    let delete = common::in_background(app.client.delete(app.url("/api/workers/w")));
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     assert!(
         !delete.is_finished(),
         "the deregistration waits for the worker row"
     );
     registering.commit().await.unwrap();
-    assert_eq!(delete.await.unwrap(), 200);
+    assert_eq!(delete.await.unwrap().0, 200);
 
     let w = app.worker("w").await;
     assert_eq!(w["status"], "deregistered");
@@ -894,26 +890,21 @@ async fn registration_reads_the_catalog_in_its_own_transaction() {
         .await
         .unwrap();
     // ...so a registration of that type waits for it, then uses what it committed.
-    let client = app.client.clone();
-    let url = app.url("/api/workers/register");
-    let registration = tokio::spawn(async move {
-        let r = client
-            .post(url)
+    let registration = common::in_background(
+        app.client
+            .post(app.url("/api/workers/register"))
             .json(&json!({"name": "g", "worker_type": "goat",
-                          "api_url": "http://h", "user_id": "u"}))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 200);
-        r.json::<Value>().await.unwrap()
-    });
+                          "api_url": "http://h", "user_id": "u"})),
+    );
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     assert!(
         !registration.is_finished(),
         "registration did not wait for the catalog change"
     );
     change.commit().await.unwrap();
-    let w = registration.await.unwrap();
+    let (status, body) = registration.await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    let w: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(w["model_number"], "DMN-GT-03");
     assert!(is_serial_of(
         w["serial_number"].as_str().unwrap(),

@@ -214,20 +214,14 @@ async fn a_heartbeat_racing_the_sweep_wins() {
     })
     .await;
     // A real heartbeat queues behind the held row, then the row is let go: the heartbeat wins.
-    let client = app.client.clone();
-    let url = app.url("/api/workers/heartbeat");
-    let beat = tokio::spawn(async move {
-        client
-            .post(url)
-            .json(&json!({"worker_name": "racer"}))
-            .send()
-            .await
-            .unwrap()
-            .status()
-    });
+    let beat = common::in_background(
+        app.client
+            .post(app.url("/api/workers/heartbeat"))
+            .json(&json!({"worker_name": "racer"})),
+    );
     tokio::time::sleep(Duration::from_millis(200)).await;
     tx.rollback().await.unwrap();
-    assert_eq!(beat.await.unwrap(), 200);
+    assert_eq!(beat.await.unwrap().0, 200);
     assert_eq!(status_of(&app, "racer").await, "active");
     assert!(!kinds(&app, "racer").await.contains(&"stale".to_string()));
 }
@@ -253,24 +247,18 @@ async fn a_heartbeat_waiting_on_a_sweep_batch_still_wins() {
         .await
         .unwrap();
     assert_eq!(moved, 1);
-    let client = app.client.clone();
-    let url = app.url("/api/workers/heartbeat");
-    let beat = tokio::spawn(async move {
-        client
-            .post(url)
-            .json(&json!({"worker_name": "racer"}))
-            .send()
-            .await
-            .unwrap()
-            .status()
-    });
+    let beat = common::in_background(
+        app.client
+            .post(app.url("/api/workers/heartbeat"))
+            .json(&json!({"worker_name": "racer"})),
+    );
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(
         !beat.is_finished(),
         "the heartbeat waits for the batch's row lock"
     );
     batch.commit().await.unwrap();
-    assert_eq!(beat.await.unwrap(), 200);
+    assert_eq!(beat.await.unwrap().0, 200);
     assert_eq!(status_of(&app, "racer").await, "active");
     assert_eq!(
         kinds(&app, "racer").await,

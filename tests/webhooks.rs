@@ -609,20 +609,12 @@ async fn deleting_an_endpoint_while_a_transition_commits_fails_neither() {
         .execute(&mut *deleting)
         .await
         .unwrap();
-    let register = tokio::spawn({
-        let client = app.client.clone();
-        let url = app.url("/api/workers/register");
-        async move {
-            let r = client
-                .post(url)
-                .json(&json!({"name": "w", "worker_type": "truemark",
-                              "api_url": "http://localhost:8080", "user_id": "u"}))
-                .send()
-                .await
-                .unwrap();
-            (r.status().as_u16(), r.text().await.unwrap())
-        }
-    });
+    let register = common::in_background(
+        app.client
+            .post(app.url("/api/workers/register"))
+            .json(&json!({"name": "w", "worker_type": "truemark",
+                          "api_url": "http://localhost:8080", "user_id": "u"})),
+    );
     // The registration's commit waits for the delete to decide.
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(!register.is_finished());

@@ -3,6 +3,14 @@
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
 
+/// The fleet size: `DALS_BENCH_WORKERS`, default 100,000.
+pub fn fleet_size() -> i64 {
+    std::env::var("DALS_BENCH_WORKERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100_000)
+}
+
 /// A fresh, migrated database; `drop` it when done.
 pub struct BenchDb {
     pub pool: PgPool,

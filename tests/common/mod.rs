@@ -264,6 +264,15 @@ impl Drop for TestApp {
     }
 }
 
+/// Sends a request in the background, for a test that holds a lock it waits on: the answer's
+/// status and body, once it comes.
+pub fn in_background(request: reqwest::RequestBuilder) -> JoinHandle<(u16, String)> {
+    tokio::spawn(async move {
+        let r = request.send().await.expect("request");
+        (r.status().as_u16(), r.text().await.expect("body"))
+    })
+}
+
 /// Percent-encodes a worker name as one path segment.
 pub fn encode(name: &str) -> String {
     url::form_urlencoded::byte_serialize(name.as_bytes())
