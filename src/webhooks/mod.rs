@@ -286,7 +286,10 @@ impl Sender {
                 let body = body_excerpt(response).await;
                 (
                     Some(i32::from(status.as_u16())),
-                    Some(format!("answered {status}: {body}").trim_end().to_string()),
+                    Some(match body.trim() {
+                        "" => format!("answered {status}"),
+                        body => format!("answered {status}: {body}"),
+                    }),
                 )
             }
             Err(e) => (None, Some(error_chain(&e))),
