@@ -94,6 +94,36 @@ async fn a_lapsed_worker_goes_stale_within_the_bound_then_offline() {
     assert!(w["status_changed_at"].as_str().unwrap() > w["last_heartbeat_iso"].as_str().unwrap());
 }
 
+/// A sweep interval longer than stale_after is coarse but works: the usual gap between two
+/// sweeps is not an outage, so no grace period opens and the bound still holds.
+#[tokio::test]
+async fn a_sweep_interval_longer_than_stale_after_still_marks_workers() {
+    let app = TestApp::spawn_with(|s| {
+        fast(s);
+        s.liveness.stale_after_secs = 0.3;
+        s.liveness.sweep_interval_secs = 0.6;
+        s.liveness.heartbeat_interval_secs = 0.1;
+    })
+    .await;
+    app.register("w", "truemark").await;
+    assert_eq!(app.heartbeat("w").await, 200);
+    let beat = Instant::now();
+    wait_for("stale", Duration::from_secs(5), async || {
+        status_of(&app, "w").await == "stale"
+    })
+    .await;
+    assert!(beat.elapsed() < Duration::from_secs_f64(0.3 + 0.6 + 1.0));
+    let grace: Option<chrono::DateTime<chrono::Utc>> =
+        sqlx::query_scalar("SELECT grace_until FROM liveness_state")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        grace, None,
+        "a normal gap between sweeps opened a grace period"
+    );
+}
+
 #[tokio::test]
 async fn a_worker_that_never_beats_goes_stale_from_its_registration() {
     let app = TestApp::spawn_with(fast).await;

@@ -145,18 +145,20 @@ pub mod sweep {
         sqlx::query("SELECT 1").execute(conn).await.map(|_| ())
     }
 
-    /// Reads the state and stamps this sweep. When no sweep ran for longer than
-    /// `stale_after_secs` (the registry was down or cut off from the database), opens a grace
-    /// period of that length: workers could not heartbeat to a registry that was not there.
+    /// Reads the state and stamps this sweep. When the registry was away for longer than
+    /// `stale_after_secs` (down, or cut off from the database) — no sweep for longer than
+    /// that plus the usual `sweep_interval_secs` between two — opens a grace period of
+    /// `stale_after_secs`: workers could not heartbeat to a registry that was not there.
     pub async fn begin(
         conn: &mut PgConnection,
         instance: &str,
         stale_after_secs: f64,
+        sweep_interval_secs: f64,
     ) -> Result<(LivenessState, bool), sqlx::Error> {
         let before: LivenessState = sqlx::query_as(STATE_COLUMNS).fetch_one(&mut *conn).await?;
-        let away = before
-            .last_sweep_at
-            .is_some_and(|last| (before.now - last).as_seconds_f64() > stale_after_secs);
+        let away = before.last_sweep_at.is_some_and(|last| {
+            (before.now - last).as_seconds_f64() > stale_after_secs + sweep_interval_secs
+        });
         let state: LivenessState = sqlx::query_as(
             "UPDATE liveness_state
              SET last_sweep_at = now(), sweeper_instance = $1,

@@ -188,12 +188,18 @@ pub async fn sweep_once(
     settings: &LivenessSettings,
     remediation: &RemediationSettings,
 ) -> Result<SweepOutcome, sqlx::Error> {
-    let (state, away) = sweep::begin(conn, instance, settings.stale_after_secs).await?;
+    let (state, away) = sweep::begin(
+        conn,
+        instance,
+        settings.stale_after_secs,
+        settings.sweep_interval_secs,
+    )
+    .await?;
     if away {
         tracing::warn!(
             grace_until = %state.grace_until.map(|t| t.to_rfc3339()).unwrap_or_default(),
-            "no sweep ran for longer than stale_after: the registry was away; \
-             giving workers a grace period before marking any stale"
+            "no sweep ran for longer than stale_after + sweep_interval: the registry was \
+             away; giving workers a grace period before marking any stale"
         );
     }
     if state.grace_until.is_some_and(|until| state.now < until) {
