@@ -452,6 +452,34 @@ async fn a_restart_command_reaches_the_worker_exactly_once() {
     hb.shutdown().await.unwrap();
 }
 
+/// A command the worker took just before it shut down is on record as acknowledged, not as
+/// cancelled with the deployment: the acknowledgement goes before the deregistration.
+#[tokio::test]
+async fn a_command_taken_just_before_shutdown_is_acknowledged() {
+    let app = TestApp::spawn_with(|s| s.liveness.heartbeat_interval_secs = 1.5).await;
+    let client = Client::new(&app.base).unwrap();
+    let mut hb = start(&client, "brief", options()).await;
+    let queued = json(
+        app.post(
+            "/api/workers/brief/commands",
+            &json!({ "command": "restart" }),
+        )
+        .await,
+        202,
+    )
+    .await;
+    let command = tokio::time::timeout(WAIT, hb.next_command())
+        .await
+        .expect("a command")
+        .expect("the task runs");
+    assert_eq!(command.id, queued["id"].as_i64().unwrap());
+    // Stopped well before the next heartbeat would have carried the acknowledgement.
+    hb.shutdown().await.unwrap();
+    let body = json(app.get("/api/workers/brief/commands").await, 200).await;
+    assert_eq!(body["commands"][0]["status"], "acknowledged", "{body}");
+    assert_eq!(worker_json(&app, "brief").await["status"], "deregistered");
+}
+
 #[tokio::test]
 async fn a_hung_worker_is_restarted_when_it_answers_again() {
     let app = TestApp::spawn_with(|s| {

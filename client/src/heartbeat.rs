@@ -495,6 +495,13 @@ impl Task {
     /// deregister (lost, already deregistered, or replaced by a newer deployment).
     async fn deregister(&self, name: &str) -> Result<bool, Error> {
         let serial = self.serial();
+        // Commands the worker took since the last heartbeat are acknowledged first, so the
+        // registry records them as taken rather than cancelled with the deployment.
+        if !self.to_ack.is_empty()
+            && let Err(e) = self.client.heartbeat(name, &serial, &self.to_ack).await
+        {
+            tracing::debug!(error = %e, "could not acknowledge commands before deregistering");
+        }
         let mut attempt = 0;
         loop {
             attempt += 1;

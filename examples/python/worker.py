@@ -282,6 +282,13 @@ class Worker:
         if self.serial is None or need_register:
             return 0
         say("Shutting down")
+        if self.to_ack:
+            # Commands run since the last heartbeat are recorded as taken, not cancelled
+            # with the deployment.
+            try:
+                self.registry.heartbeat(self.name, self.serial, list(self.to_ack))
+            except (Unavailable, Refused):
+                pass
         for attempt in range(3):
             try:
                 self.registry.deregister(self.name, self.serial)
