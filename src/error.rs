@@ -26,8 +26,8 @@ pub enum ApiError {
     #[error("worker {0:?} has deregistered; register it again with POST /api/workers/register")]
     WorkerDeregistered(String),
     #[error(
-        "serial_number {sent} is not the current deployment of {worker:?} ({current}); \
-         a newer deployment of this name exists"
+        "serial_number {sent} is not the current deployment of {worker:?}: the name now \
+         belongs to deployment {current}, so this process must not act for it"
     )]
     SerialMismatch {
         worker: String,

@@ -263,6 +263,10 @@ async fn list_filters_and_sorts() {
     }
     let body = json(app.get("/api/workers/list?limit=abc").await, 422).await;
     assert_eq!(body["rule"], "must be an integer", "{body}");
+    // A misspelt filter is refused rather than ignored (which would answer the whole fleet).
+    let body = json(app.get("/api/workers/list?famly=TM").await, 422).await;
+    assert_eq!(body["field"], "famly", "{body}");
+    assert!(body["rule"].as_str().unwrap().contains("family"), "{body}");
 }
 
 #[tokio::test]
@@ -415,7 +419,7 @@ async fn bad_input_gets_clear_json_errors() {
         (with("api_url", json!("http:x")), "api_url", "http"),
         (with("api_url", json!(" http://x")), "api_url", "http"),
         (with("api_url", json!("http://x y")), "api_url", "http"),
-        (with("name", json!(" ")), "name", "white space"),
+        (with("name", json!(" ")), "name", "blank"),
         (with("name", json!("w ")), "name", "white space"),
         (with("user_id", json!(" u")), "user_id", "white space"),
         (

@@ -66,6 +66,9 @@ fn text_rule(value: &str, max: usize) -> Result<(), String> {
     if len == 0 || len > max {
         return Err(format!("must be 1-{max} characters (got {len})"));
     }
+    if value.chars().all(char::is_whitespace) {
+        return Err("must not be blank".to_string());
+    }
     if value.chars().any(char::is_control) {
         return Err("must not contain control characters".to_string());
     }

@@ -119,6 +119,8 @@ pub(crate) async fn queue_command(
 /// Paging of a worker's commands.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
+// A misspelt parameter is refused, not ignored (it would widen the answer silently).
+#[serde(deny_unknown_fields)]
 pub struct CommandsParams {
     /// How many, 1-500 (default 50).
     pub limit: Option<i64>,

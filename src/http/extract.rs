@@ -67,6 +67,12 @@ fn type_rule(complaint: &str) -> String {
         "f64" | "f32" => "a number",
         other => other,
     };
+    // serde's names for JSON's kinds of value.
+    let got = match got {
+        "sequence" => "array",
+        "map" => "object",
+        other => other,
+    };
     format!("must be {expected} (got {got})")
 }
 

@@ -40,6 +40,8 @@ pub fn router() -> Router<AppState> {
 /// Filters of the stream; each is optional.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
+// A misspelt parameter is refused, not ignored (it would widen the answer silently).
+#[serde(deny_unknown_fields)]
 pub struct StreamParams {
     /// Only this worker's events.
     pub worker: Option<String>,

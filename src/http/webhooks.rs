@@ -295,6 +295,8 @@ pub(crate) async fn delete(
 /// Paging and filter of an endpoint's deliveries.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
+// A misspelt parameter is refused, not ignored (it would widen the answer silently).
+#[serde(deny_unknown_fields)]
 pub struct DeliveriesParams {
     /// Deliveries with an id below this one (the previous page's `next_before`).
     pub before: Option<i64>,

@@ -292,6 +292,8 @@ fn record_heartbeat(metrics: &Metrics, outcome: &HeartbeatOutcome) {
 /// Query parameters of `GET /api/workers/list`.
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
+// A misspelt parameter is refused, not ignored (it would widen the answer silently).
+#[serde(deny_unknown_fields)]
 pub struct ListParams {
     /// `registered`, `active`, `stale`, `offline` or `deregistered`; without it, every worker
     /// but the deregistered ones.
@@ -496,6 +498,8 @@ pub(crate) async fn status(State(state): State<AppState>) -> Result<Json<FleetSt
 /// Query parameters of `DELETE /api/workers/{name}`.
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
+// A misspelt parameter is refused, not ignored (it would widen the answer silently).
+#[serde(deny_unknown_fields)]
 pub struct DeregisterParams {
     /// When given, only this deployment may deregister the name.
     pub serial_number: Option<String>,
@@ -545,6 +549,8 @@ pub(crate) async fn deregister(
 /// Paging of a worker's events.
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
+// A misspelt parameter is refused, not ignored (it would widen the answer silently).
+#[serde(deny_unknown_fields)]
 pub struct EventsParams {
     /// Events with an id below this one (the previous page's `next_before`).
     pub before: Option<i64>,
