@@ -263,6 +263,11 @@ async fn list_filters_and_sorts() {
     }
     let body = json(app.get("/api/workers/list?limit=abc").await, 422).await;
     assert_eq!(body["rule"], "must be an integer", "{body}");
+    let body = json(app.get("/api/workers/list?limit=5&limit=6").await, 422).await;
+    assert_eq!(
+        (body["field"].as_str(), body["rule"].as_str()),
+        (Some("limit"), Some("must be given once"))
+    );
     // A misspelt filter is refused rather than ignored (which would answer the whole fleet).
     let body = json(app.get("/api/workers/list?famly=TM").await, 422).await;
     assert_eq!(body["field"], "famly", "{body}");
@@ -676,6 +681,20 @@ async fn serials_are_checked_and_unknown_fields_are_named() {
     )
     .await;
     assert_eq!(e["current_serial_number"], serial);
+    // Names in paths follow the name rule too.
+    let long = "x".repeat(60_000);
+    for path in [
+        format!("/api/workers/{long}"),
+        format!("/api/workers/{long}/events"),
+        "/api/workers/events".to_string(),
+        "/api/workers/%20w".to_string(),
+    ] {
+        let r = app.get(&path).await;
+        let text = r.text().await.unwrap();
+        let e: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(e["field"], "name", "{}: {e}", &path[..40.min(path.len())]);
+        assert!(text.len() < 1000, "the error echoes the name");
+    }
     // A heartbeat's name follows the name rule: a 422, not a 404 echoing 60,000 characters.
     let e = json(
         app.post(
@@ -688,6 +707,32 @@ async fn serials_are_checked_and_unknown_fields_are_named() {
     .await;
     assert_eq!(e["field"], "worker_name");
     assert_eq!(app.worker("w").await["status"], "registered");
+    // A misspelt serial_number cannot protect the heartbeat, so the answer says so.
+    let hb = json(
+        app.post(
+            "/api/workers/heartbeat",
+            &json!({"worker_name": "w", "serail_number": serial}),
+        )
+        .await,
+        200,
+    )
+    .await;
+    assert_eq!(hb["status"], "updated");
+    assert!(
+        hb["warnings"][0]
+            .as_str()
+            .unwrap()
+            .contains("\"serail_number\""),
+        "{hb}"
+    );
+    // The design document's heartbeat is still answered with exactly its two fields.
+    let hb = json(
+        app.post("/api/workers/heartbeat", &json!({"worker_name": "w"}))
+            .await,
+        200,
+    )
+    .await;
+    assert_eq!(hb, json!({"status": "updated", "worker": "w"}));
 
     let r = app
         .post(

@@ -197,7 +197,20 @@ async fn an_event_committed_after_a_later_one_is_not_skipped() {
     let app = TestApp::spawn().await;
     let mut stream = SseReader::open(&app, "/api/workers/events/stream", None).await;
 
-    let mut slow = app.pool.begin().await.unwrap();
+    // Transactions of the registry's own (by their application_name), as a slow
+    // registration would be.
+    let registry_tx = async || {
+        let mut tx = app.pool.begin().await.unwrap();
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SET LOCAL application_name = '{}'",
+            dals_registry::db::APPLICATION_NAME
+        )))
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+        tx
+    };
+    let mut slow = registry_tx().await;
     let early: i64 = sqlx::query_scalar(
         "INSERT INTO worker_events (kind, reason) VALUES ('brake_held', 'slow') RETURNING id",
     )
@@ -211,6 +224,17 @@ async fn an_event_committed_after_a_later_one_is_not_skipped() {
     .await
     .unwrap();
     assert!(late > early);
+    // A client that connects now starts with what it cannot see yet: the earlier event.
+    let mut newcomer = SseReader::open(&app, "/api/workers/events/stream", None).await;
+    // An operator's open transaction elsewhere is not the registry's: nobody waits for it.
+    let mut operator = <sqlx::PgConnection as sqlx::Connection>::connect(&app.database_url)
+        .await
+        .unwrap();
+    let mut bystander = sqlx::Connection::begin(&mut operator).await.unwrap();
+    sqlx::query("SELECT txid_current()")
+        .execute(&mut *bystander)
+        .await
+        .unwrap();
     // Longer than any fixed wait on the later event's age would cover.
     assert!(
         stream.next(Duration::from_millis(2500)).await.is_none(),
@@ -223,9 +247,15 @@ async fn an_event_committed_after_a_later_one_is_not_skipped() {
     assert_eq!((first.id, second.id), (early, late));
     assert_eq!(first.name, "brake");
     assert_eq!(first.data["reason"], "slow");
+    let e = newcomer.expect().await;
+    assert_eq!(
+        e.id, early,
+        "the event committing as the newcomer connected"
+    );
+    assert!(newcomer.next(Duration::from_millis(300)).await.is_none());
 
     // An id whose transaction rolls back is passed as soon as that transaction ends.
-    let mut doomed = app.pool.begin().await.unwrap();
+    let mut doomed = registry_tx().await;
     sqlx::query("INSERT INTO worker_events (kind, reason) VALUES ('brake_held', 'doomed')")
         .execute(&mut *doomed)
         .await
@@ -238,9 +268,15 @@ async fn an_event_committed_after_a_later_one_is_not_skipped() {
     .unwrap();
     assert!(stream.next(Duration::from_millis(500)).await.is_none());
     doomed.rollback().await.unwrap();
+    let started = std::time::Instant::now();
     let e = stream.expect().await;
     assert_eq!(e.id, after);
     assert_eq!(e.data["reason"], "after");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "the gap waited on a transaction that is not the registry's"
+    );
+    bystander.rollback().await.unwrap();
 }
 
 #[tokio::test]

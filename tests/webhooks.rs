@@ -684,10 +684,13 @@ async fn bad_webhook_requests_are_refused_with_the_field_and_the_rule() {
         json(app.get("/api/webhooks/abc").await, 422).await["field"],
         "id"
     );
-    assert_eq!(
-        json(app.get("/api/webhooks/0").await, 422).await["field"],
-        "id"
-    );
+    for id in ["0", "%2B1", "-1"] {
+        assert_eq!(
+            json(app.get(&format!("/api/webhooks/{id}")).await, 422).await["field"],
+            "id",
+            "{id}"
+        );
+    }
     assert_eq!(
         json(app.get("/api/webhooks/99").await, 404).await["error"],
         "not_found"

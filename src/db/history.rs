@@ -94,13 +94,16 @@ impl Db {
         .await
     }
 
-    /// The transactions of this database that are writing now (their ids), other than this
-    /// session's. An event id that is missing while a later one is visible belongs to one of
-    /// them (still committing) or to a transaction that rolled back.
+    /// The registry's transactions on this database that are writing now (their ids), other
+    /// than this session's: sessions of the same `application_name` as this one, so an
+    /// operator's open transaction in psql is none of them. An event id that is missing while
+    /// a later one is visible belongs to one of them (still committing) or to a transaction
+    /// that rolled back: only the registry writes events.
     pub async fn writing_transactions(&self) -> Result<Vec<String>, sqlx::Error> {
         sqlx::query_scalar(
             "SELECT backend_xid::text FROM pg_stat_activity
              WHERE datname = current_database() AND backend_xid IS NOT NULL
+               AND application_name = current_setting('application_name')
                AND pid <> pg_backend_pid()",
         )
         .fetch_all(&self.pool)
@@ -121,11 +124,17 @@ impl Db {
         .await
     }
 
-    /// The id of the newest event (0 when there is none).
-    pub async fn last_event_id(&self) -> Result<i64, sqlx::Error> {
-        sqlx::query_scalar("SELECT coalesce(max(id), 0) FROM worker_events")
-            .fetch_one(&self.pool)
-            .await
+    /// The ids of the events visible now among the newest `window` ids, oldest first (the
+    /// last is the newest event's). Read in one statement, so what was visible is exact.
+    pub async fn recent_event_ids(&self, window: i64) -> Result<Vec<i64>, sqlx::Error> {
+        sqlx::query_scalar(
+            "SELECT id FROM worker_events
+             WHERE id > (SELECT coalesce(max(id), 0) FROM worker_events) - $1
+             ORDER BY id",
+        )
+        .bind(window)
+        .fetch_all(&self.pool)
+        .await
     }
 
     /// A listener on the event channel, on a connection of its own.

@@ -30,6 +30,9 @@ pub use workers::{
 
 use crate::settings::{DatabaseSettings, redact_url, secs};
 
+/// The `application_name` of the registry's sessions, unless `DATABASE_URL` names another.
+pub const APPLICATION_NAME: &str = "dals-registry";
+
 /// The schema migrations, embedded in the binary.
 pub static MIGRATOR: Migrator = sqlx::migrate!();
 
@@ -50,9 +53,14 @@ impl Db {
                 redact_url(url)
             )
         };
-        let options: PgConnectOptions = url
+        let mut options: PgConnectOptions = url
             .parse()
             .with_context(|| format!("invalid DATABASE_URL {}", redact_url(url)))?;
+        // The registry's sessions are known by name: the event stream waits only on the
+        // registry's own transactions (see `writing_transactions`), and a DBA sees who is who.
+        if options.get_application_name().is_none() {
+            options = options.application_name(APPLICATION_NAME);
+        }
         if settings.create_if_missing
             && !Postgres::database_exists(url).await.map_err(unreachable)?
         {

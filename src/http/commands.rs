@@ -8,7 +8,7 @@ use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 
 use super::views::iso;
-use super::{ApiPath, ApiQuery, AppState, JsonBody};
+use super::{ApiQuery, AppState, JsonBody, WorkerNamePath};
 use crate::db::{CommandRow, QueueOutcome};
 use crate::domain::{WorkerCommand, validate_command_reason};
 use crate::error::{ApiError, ErrorBody};
@@ -86,7 +86,7 @@ pub struct QueueRequest {
 )]
 pub(crate) async fn queue_command(
     State(state): State<AppState>,
-    ApiPath(name): ApiPath<String>,
+    WorkerNamePath(name): WorkerNamePath,
     JsonBody(req): JsonBody<QueueRequest>,
 ) -> Result<(StatusCode, Json<CommandView>), ApiError> {
     let command: WorkerCommand = req
@@ -149,7 +149,7 @@ pub struct CommandsPage {
 )]
 pub(crate) async fn list_commands(
     State(state): State<AppState>,
-    ApiPath(name): ApiPath<String>,
+    WorkerNamePath(name): WorkerNamePath,
     ApiQuery(params): ApiQuery<CommandsParams>,
 ) -> Result<Json<CommandsPage>, ApiError> {
     let limit = params.limit.unwrap_or(50);

@@ -126,11 +126,19 @@ where
         serde_path_to_error::deserialize(params)
             .map(ApiQuery)
             .map_err(|e| {
+                let complaint = e.inner().to_string();
+                // `?limit=5&limit=6`: serde names the parameter only in its message.
+                if let Some(name) = complaint
+                    .strip_prefix("duplicate field `")
+                    .and_then(|rest| rest.strip_suffix('`'))
+                {
+                    return ApiError::validation(name, "must be given once");
+                }
                 let field = match e.path().to_string() {
                     path if path == "." => "query".to_string(),
                     path => path,
                 };
-                ApiError::validation(field, query_rule(&e.inner().to_string()))
+                ApiError::validation(field, query_rule(&complaint))
             })
     }
 }
@@ -150,6 +158,24 @@ fn query_rule(complaint: &str) -> String {
 #[derive(FromRequestParts)]
 #[from_request(via(axum::extract::Path), rejection(ApiError))]
 pub struct ApiPath<T>(pub T);
+
+/// A worker's name from the path (`/api/workers/{name}/...`), held to the name rule: a name
+/// that could never be registered is a 422, not a 404 that echoes it.
+pub struct WorkerNamePath(pub String);
+
+impl<S> FromRequestParts<S> for WorkerNamePath
+where
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let ApiPath(name) = ApiPath::<String>::from_request_parts(parts, state).await?;
+        crate::domain::validate_worker_name(&name)
+            .map_err(|rule| ApiError::validation("name", rule))?;
+        Ok(WorkerNamePath(name))
+    }
+}
 
 impl From<PathRejection> for ApiError {
     fn from(rejection: PathRejection) -> Self {

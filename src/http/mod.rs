@@ -25,7 +25,7 @@ use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::trace::TraceLayer;
 
-pub use extract::{ApiPath, ApiQuery, JsonBody};
+pub use extract::{ApiPath, ApiQuery, JsonBody, WorkerNamePath};
 use extract::{refuse_oversized_body, reject_nul_in_uri};
 pub use openapi::ApiDoc;
 

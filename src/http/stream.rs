@@ -28,6 +28,9 @@ const GAP_RECHECK: Duration = Duration::from_millis(50);
 /// A gap whose transactions are still open after this long is passed anyway, with a warning,
 /// so that one stuck transaction cannot stall every stream.
 const GAP_GIVE_UP: Duration = Duration::from_secs(30);
+/// How far below the newest visible event a new client's stream starts looking for events
+/// still committing (five sweep batches' worth of ids).
+const START_WINDOW: i64 = 5000;
 /// Rows read per query.
 const PAGE: i64 = 500;
 /// How often a client reads the table without a notification.
@@ -118,9 +121,16 @@ pub(crate) async fn stream(
                 .ok_or_else(|| ApiError::validation("Last-Event-ID", "must be an integer"))
         })
         .transpose()?;
-    let cursor = match header.or(params.last_event_id) {
-        Some(id) => id.max(0),
-        None => state.db.last_event_id().await?,
+    // Where the stream starts: after the client's last event; or, for a new client, with the
+    // events not yet visible now. Those may include ids below the newest visible one (still
+    // committing), so the stream starts a window back and passes over what is visible now.
+    let (cursor, visible_at_start) = match header.or(params.last_event_id) {
+        Some(id) => (id.max(0), Vec::new()),
+        None => {
+            let visible = state.db.recent_event_ids(START_WINDOW).await?;
+            let newest = visible.last().copied().unwrap_or(0);
+            ((newest - START_WINDOW).max(0), visible)
+        }
     };
     let filter = Filter {
         worker: params.worker,
@@ -133,6 +143,7 @@ pub(crate) async fn stream(
     let stopping = state.stopping.clone();
     let events = async_stream::stream! {
         let mut cursor = cursor;
+        let mut already_seen = visible_at_start.into_iter().peekable();
         let mut gap: Option<Gap> = None;
         loop {
             // Ids below this one that are still missing belong to no running transaction:
@@ -141,7 +152,9 @@ pub(crate) async fn stream(
                 Some(g) if g.started.elapsed() >= GAP_GIVE_UP => {
                     tracing::warn!(
                         after = cursor,
-                        "event stream passing ids whose transactions are still open after {} s",
+                        up_to = g.below,
+                        "event stream passing missing event ids: the registry's transactions \
+                         that were writing when the gap was seen are still open after {} s",
                         GAP_GIVE_UP.as_secs()
                     );
                     g.below
@@ -161,14 +174,17 @@ pub(crate) async fn stream(
             match db.events_after(cursor, PAGE).await {
                 Ok(rows) => {
                     full_page = rows.len() as i64 == PAGE;
+                    let newest_read = rows.last().map_or(cursor, |r| r.event.id);
                     for row in rows {
                         let id = row.event.id;
                         if id != cursor + 1 && id > settled_below {
                             // The ids between may belong to transactions still committing:
                             // note which transactions are writing now, and wait for them.
-                            if gap.as_ref().is_none_or(|g| g.below != id) {
+                            // Every id missing below the newest one read was taken before
+                            // that one committed, so the same writers cover them all.
+                            if gap.as_ref().is_none_or(|g| id > g.below) {
                                 match db.writing_transactions().await {
-                                    Ok(writers) => gap = Some(Gap::new(id, writers)),
+                                    Ok(writers) => gap = Some(Gap::new(newest_read, writers)),
                                     Err(e) => tracing::warn!(
                                         error = %e,
                                         "event stream cannot read open transactions"
@@ -179,6 +195,11 @@ pub(crate) async fn stream(
                             break;
                         }
                         cursor = id;
+                        // A new client's stream starts with what was not visible yet.
+                        while already_seen.next_if(|seen| *seen < id).is_some() {}
+                        if already_seen.next_if_eq(&id).is_some() {
+                            continue;
+                        }
                         if filter.matches(&row) {
                             yield Ok(to_sse(row));
                         }
@@ -192,6 +213,10 @@ pub(crate) async fn stream(
             if full_page && !waiting_on_gap {
                 continue;
             }
+            if waiting_on_gap && gap.as_ref().is_some_and(|g| g.writers.is_empty()) {
+                // Nothing of the registry's was writing: the missing ids rolled back.
+                continue;
+            }
             let pause = if waiting_on_gap { GAP_RECHECK } else { POLL_EVERY };
             tokio::select! {
                 () = stopping.cancelled() => break,
@@ -203,7 +228,7 @@ pub(crate) async fn stream(
     Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
 }
 
-/// Missing event ids below `below`, and the transactions that were writing when the stream
+/// Missing event ids up to `below`, and the transactions that were writing when the stream
 /// saw them missing. Ids are taken in insert order but committed in commit order, so a later
 /// event can be visible before an earlier one; every id below a visible event was taken
 /// before it committed, so by a transaction that has rolled back, committed (and is visible

@@ -148,8 +148,10 @@ impl From<AttemptRow> for AttemptView {
 
 /// Parses the `{id}` of a webhook path.
 fn webhook_id(id: &str) -> Result<i64, ApiError> {
-    id.parse::<i64>()
-        .ok()
+    // Digits only: `+1` is not how an id is written.
+    Some(id)
+        .filter(|id| id.bytes().all(|b| b.is_ascii_digit()))
+        .and_then(|id| id.parse::<i64>().ok())
         .filter(|id| *id > 0)
         .ok_or_else(|| ApiError::validation("id", "must be a positive integer (a webhook id)"))
 }
@@ -251,7 +253,7 @@ pub(crate) async fn list(State(state): State<AppState>) -> Result<Json<WebhooksP
     params(("id" = i64, Path, description = "The endpoint's id")),
     responses(
         (status = 200, description = "The endpoint", body = WebhookView),
-        (status = 400, description = "The id is not a number", body = ErrorBody),
+        (status = 422, description = "The id is not a positive integer", body = ErrorBody),
         (status = 404, description = "No such endpoint", body = ErrorBody),
         (status = 503, description = "Database unreachable (with Retry-After)", body = ErrorBody),
     )
@@ -273,7 +275,7 @@ pub(crate) async fn one(
     params(("id" = i64, Path, description = "The endpoint's id")),
     responses(
         (status = 200, description = "Deleted; the endpoint as it was", body = WebhookView),
-        (status = 400, description = "The id is not a number", body = ErrorBody),
+        (status = 422, description = "The id is not a positive integer", body = ErrorBody),
         (status = 404, description = "No such endpoint", body = ErrorBody),
         (status = 503, description = "Database unreachable (with Retry-After)", body = ErrorBody),
     )
@@ -324,7 +326,7 @@ pub struct DeliveriesPage {
     params(("id" = i64, Path, description = "The endpoint's id"), DeliveriesParams),
     responses(
         (status = 200, description = "A page of deliveries", body = DeliveriesPage),
-        (status = 400, description = "The id is not a number", body = ErrorBody),
+        (status = 422, description = "The id is not a positive integer", body = ErrorBody),
         (status = 404, description = "No such endpoint", body = ErrorBody),
         (status = 422, description = "`limit` or `status` breaks its rule", body = ErrorBody),
         (status = 503, description = "Database unreachable (with Retry-After)", body = ErrorBody),

@@ -15,7 +15,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::commands::CommandView;
 use super::views::{DeploymentView, EventView, LivenessView, WorkerView, page};
-use super::{ApiPath, ApiQuery, AppState, JsonBody};
+use super::{ApiQuery, AppState, JsonBody, WorkerNamePath};
 use crate::db::{
     DeregisterOutcome, FleetCounts, HeartbeatOutcome, ListFilter, ListOrder, NewDeployment,
     RegisterOutcome,
@@ -185,10 +185,15 @@ pub struct HeartbeatRequest {
     pub serial_number: Option<String>,
     /// Ids of delivered commands the worker has taken; they are not delivered again.
     pub acked_commands: Option<Vec<i64>>,
+    /// Fields the registry does not know: accepted, and named in the answer's `warnings`
+    /// (a misspelt `serial_number` would otherwise drop its protection unnoticed).
+    #[serde(flatten)]
+    #[schema(ignore)]
+    pub unknown: BTreeMap<String, Value>,
 }
 
-/// The answer to a heartbeat. A body without `serial_number` is answered with exactly
-/// `status` and `worker`, as the design document's workers expect.
+/// The answer to a heartbeat. The design document's body (`worker_name` alone) is answered
+/// with exactly `status` and `worker`, as its workers expect.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct HeartbeatAnswer {
     /// Always `updated`.
@@ -200,6 +205,9 @@ pub struct HeartbeatAnswer {
     /// Open operator commands for this deployment (only with `serial_number`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub commands: Option<Vec<CommandView>>,
+    /// Fields of the heartbeat the registry ignored (only when there were any).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub warnings: Option<Vec<String>>,
 }
 
 /// Records a heartbeat: the worker becomes `active`.
@@ -233,6 +241,17 @@ pub(crate) async fn heartbeat(
             "requires serial_number (commands belong to one deployment)",
         ));
     }
+    let warnings = (!req.unknown.is_empty()).then(|| {
+        req.unknown
+            .keys()
+            .map(|field| {
+                format!(
+                    "unknown field {field:?} ignored (the fields are worker_name, \
+                     serial_number and acked_commands)"
+                )
+            })
+            .collect::<Vec<_>>()
+    });
     let outcome = state
         .db
         .heartbeat(&name, req.serial_number.as_deref())
@@ -246,6 +265,7 @@ pub(crate) async fn heartbeat(
                 worker: name,
                 heartbeat_interval_secs: None,
                 commands: None,
+                warnings,
             })),
             Some(serial) => {
                 let acked = req.acked_commands.unwrap_or_default();
@@ -261,6 +281,7 @@ pub(crate) async fn heartbeat(
                     worker: name,
                     heartbeat_interval_secs: Some(state.settings.liveness.heartbeat_interval_secs),
                     commands: Some(commands),
+                    warnings,
                 }))
             }
         },
@@ -421,7 +442,7 @@ fn to_json(view: WorkerView, comma: bool) -> Bytes {
 )]
 pub(crate) async fn worker(
     State(state): State<AppState>,
-    ApiPath(name): ApiPath<String>,
+    WorkerNamePath(name): WorkerNamePath,
 ) -> Result<Json<WorkerView>, ApiError> {
     state
         .db
@@ -521,7 +542,7 @@ pub struct DeregisterParams {
 )]
 pub(crate) async fn deregister(
     State(state): State<AppState>,
-    ApiPath(name): ApiPath<String>,
+    WorkerNamePath(name): WorkerNamePath,
     ApiQuery(params): ApiQuery<DeregisterParams>,
 ) -> Result<Json<WorkerView>, ApiError> {
     if let Some(serial) = &params.serial_number {
@@ -583,7 +604,7 @@ pub struct EventsPage {
 )]
 pub(crate) async fn events(
     State(state): State<AppState>,
-    ApiPath(name): ApiPath<String>,
+    WorkerNamePath(name): WorkerNamePath,
     ApiQuery(params): ApiQuery<EventsParams>,
 ) -> Result<Json<EventsPage>, ApiError> {
     let limit = params.limit.unwrap_or(50);
@@ -628,7 +649,7 @@ pub struct DeploymentsPage {
 )]
 pub(crate) async fn deployments(
     State(state): State<AppState>,
-    ApiPath(name): ApiPath<String>,
+    WorkerNamePath(name): WorkerNamePath,
 ) -> Result<Json<DeploymentsPage>, ApiError> {
     let rows = state.db.deployments(&name).await?;
     if rows.is_empty() {
