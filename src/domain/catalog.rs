@@ -41,6 +41,9 @@ pub fn validate_family_name(name: &str) -> Result<(), String> {
     if len == 0 || len > 64 {
         return Err(format!("must be 1-64 characters (got {len})"));
     }
+    if name.trim().is_empty() {
+        return Err("must not be blank".to_string());
+    }
     one_line(name)
 }
 
@@ -106,6 +109,7 @@ mod tests {
     fn names_and_descriptions() {
         assert!(validate_family_name("New Worker").is_ok());
         assert!(validate_family_name("").is_err());
+        assert!(validate_family_name("   ").is_err());
         assert!(validate_family_name(&"n".repeat(65)).is_err());
         assert!(validate_family_name("two\nlines").is_err());
         assert!(validate_description("").is_ok());

@@ -87,7 +87,12 @@ pub fn validate_webhook_url(url: &str) -> Result<(), String> {
     if parsed.host().is_none() {
         return Err(rule.to_string());
     }
-    if !parsed.username().is_empty() || parsed.password().is_some() {
+    // `http://:@h` has neither a user name nor a password, but an `@` in the authority
+    // is a credentials part all the same.
+    let authority = url.split_once("://").map_or("", |(_, rest)| {
+        rest.split(['/', '?', '#']).next().unwrap_or_default()
+    });
+    if !parsed.username().is_empty() || parsed.password().is_some() || authority.contains('@') {
         return Err(
             "must not carry credentials (they would be shown by GET /api/webhooks); the \
              signature authenticates the registry"
@@ -117,6 +122,14 @@ pub fn validate_webhook_description(description: &str) -> Result<(), String> {
             "must be at most {WEBHOOK_DESCRIPTION_MAX_CHARS} characters (got {len})"
         ));
     }
+    // Line breaks and tabs may lay out a longer description; other control characters are
+    // noise in every listing.
+    if description
+        .chars()
+        .any(|c| c.is_control() && !matches!(c, '\n' | '\r' | '\t'))
+    {
+        return Err("must not contain control characters other than line breaks and tabs".into());
+    }
     Ok(())
 }
 
@@ -144,6 +157,14 @@ mod tests {
         assert_eq!(kinds(&["brake_released"]).unwrap(), ["brake_released"]);
         assert_eq!(kinds(&["stale", "dead"]).unwrap_err().0, Some(1));
         assert_eq!(kinds(&[]).unwrap_err().0, None);
+    }
+
+    #[test]
+    fn descriptions_and_credentials() {
+        assert!(validate_webhook_description("restart\noffline workers\t(ops)").is_ok());
+        assert!(validate_webhook_description("bell\u{7}").is_err());
+        assert!(validate_webhook_url("http://:@h/x").is_err());
+        assert!(validate_webhook_url("http://h/x?to=a@b").is_ok());
     }
 
     #[test]

@@ -72,11 +72,27 @@ fn text_rule(value: &str, max: usize) -> Result<(), String> {
     if value.chars().any(char::is_control) {
         return Err("must not contain control characters".to_string());
     }
+    if value.chars().any(is_invisible) {
+        return Err(
+            "must not contain invisible formatting characters (zero-width spaces, byte-order \
+             marks, direction overrides)"
+                .to_string(),
+        );
+    }
     // " w" and "w" would be two workers that look the same in every table.
     if value.starts_with(char::is_whitespace) || value.ends_with(char::is_whitespace) {
         return Err("must not start or end with white space".to_string());
     }
     Ok(())
+}
+
+/// Characters that show as nothing (or reorder what follows), so two different names would
+/// look the same: soft hyphen, zero-width and joiner characters, direction marks, embeddings
+/// and isolates, word joiners, the Mongolian vowel separator, byte-order marks.
+fn is_invisible(c: char) -> bool {
+    matches!(c,
+        '\u{AD}' | '\u{180E}' | '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}'
+        | '\u{2060}'..='\u{2064}' | '\u{2066}'..='\u{2069}' | '\u{FEFF}')
 }
 
 /// An absolute URL of one of `schemes` with a host, written out as such: `url` would also
@@ -88,7 +104,7 @@ pub(crate) fn is_absolute_url(value: &str, schemes: &[&str]) -> bool {
     let host_part = rest.split(['/', '?', '#']).next().unwrap_or_default();
     schemes.iter().any(|s| s.eq_ignore_ascii_case(scheme))
         && !host_part.is_empty()
-        && !value.chars().any(char::is_whitespace)
+        && !value.chars().any(|c| c.is_whitespace() || is_invisible(c))
         && url::Url::parse(value).is_ok_and(|url| url.host().is_some())
 }
 
@@ -143,6 +159,9 @@ mod tests {
         assert!(validate_worker_name("\u{3000}w").is_err());
         assert!(validate_worker_name("a b").is_ok());
         assert!(validate_user_id("u\t").is_err());
+        for invisible in ["x\u{200B}", "\u{FEFF}x", "x\u{180E}", "a\u{202E}b"] {
+            assert!(validate_worker_name(invisible).is_err(), "{invisible:?}");
+        }
     }
 
     #[test]
