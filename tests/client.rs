@@ -257,38 +257,81 @@ async fn a_worker_survives_a_registry_crash_and_takes_the_new_interval() {
     );
 }
 
+/// The registry loses the worker (a restore from an older backup, a cleanup: 404) or its
+/// name is removed while the process still runs (someone deregistered it: 410). The process
+/// is alive, so it registers again by itself, as a new deployment, and keeps beating.
 #[tokio::test]
-async fn a_lost_worker_registers_again_by_itself() {
+async fn a_lost_or_removed_worker_registers_again_by_itself() {
     let app = TestApp::spawn_with(fast_beats).await;
     let client = Client::new(&app.base).unwrap();
-    let hb = start(&client, "lost", options()).await;
-    let first = hb.status().serial_number;
-    wait_status(&hb, "a heartbeat", |s| s.heartbeats >= 1).await;
-    let mut changes = hb.subscribe();
+    for (name, lose, history) in [
+        (
+            "lost",
+            "DELETE FROM workers WHERE worker_name = 'lost'",
+            &[
+                "registered",
+                "first_heartbeat",
+                "re_registered",
+                "first_heartbeat",
+            ][..],
+        ),
+        (
+            "gone",
+            "",
+            &[
+                "registered",
+                "first_heartbeat",
+                "deregistered",
+                "re_registered",
+                "first_heartbeat",
+            ][..],
+        ),
+    ] {
+        let hb = start(&client, name, options()).await;
+        let first = hb.status().serial_number;
+        wait_status(&hb, "a heartbeat", |s| s.heartbeats >= 1).await;
+        let mut changes = hb.subscribe();
+        if lose.is_empty() {
+            assert_eq!(
+                app.delete(&format!("/api/workers/{name}")).await.status(),
+                200
+            );
+        } else {
+            let deleted = sqlx::query(sqlx::AssertSqlSafe(lose))
+                .execute(&app.pool)
+                .await
+                .unwrap();
+            assert_eq!(deleted.rows_affected(), 1);
+        }
 
-    // The registry loses the worker (a restore from an older backup, an operator's cleanup).
-    let deleted = sqlx::query("DELETE FROM workers WHERE worker_name = 'lost'")
-        .execute(&app.pool)
-        .await
-        .unwrap();
-    assert_eq!(deleted.rows_affected(), 1);
+        let again = tokio::time::timeout(WAIT, changes.wait_for(|s| s.registrations == 2))
+            .await
+            .expect("registered again")
+            .unwrap()
+            .clone();
+        assert_ne!(again.serial_number, first, "{name}");
+        assert_eq!(again.model_number, "DMN-TM-01");
+        wait_status(&hb, "active again", |s| s.state == State::Active).await;
+        let w = worker_json(&app, name).await;
+        assert_eq!(w["serial_number"], again.serial_number.as_str());
+        assert_eq!(w["status"], "active");
+        let deployments = json(
+            app.get(&format!("/api/workers/{name}/deployments")).await,
+            200,
+        )
+        .await;
+        assert_eq!(deployments["deployments"].as_array().unwrap().len(), 2);
+        let kinds: Vec<String> =
+            sqlx::query_scalar("SELECT kind FROM worker_events WHERE worker_name = $1 ORDER BY id")
+                .bind(name)
+                .fetch_all(&app.pool)
+                .await
+                .unwrap();
+        assert_eq!(kinds, history, "{name}");
 
-    let again = tokio::time::timeout(WAIT, changes.wait_for(|s| s.registrations == 2))
-        .await
-        .expect("registered again")
-        .unwrap()
-        .clone();
-    assert_ne!(again.serial_number, first);
-    assert_eq!(again.model_number, "DMN-TM-01");
-    wait_status(&hb, "active again", |s| s.state == State::Active).await;
-    let w = worker_json(&app, "lost").await;
-    assert_eq!(w["serial_number"], again.serial_number.as_str());
-    assert_eq!(w["status"], "active");
-    let deployments = json(app.get("/api/workers/lost/deployments").await, 200).await;
-    assert_eq!(deployments["deployments"].as_array().unwrap().len(), 2);
-
-    hb.shutdown().await.unwrap();
-    assert_eq!(worker_json(&app, "lost").await["status"], "deregistered");
+        hb.shutdown().await.unwrap();
+        assert_eq!(worker_json(&app, name).await["status"], "deregistered");
+    }
 }
 
 #[tokio::test]
@@ -317,47 +360,6 @@ async fn a_newer_deployment_stops_the_old_process() {
     let w = worker_json(&app, "twin").await;
     assert_eq!(w["serial_number"], newer.as_str());
     assert_eq!(w["status"], "registered");
-}
-
-/// Removed while it still runs (someone deregistered its name): the process is alive, so it
-/// registers again, as a new deployment, and keeps beating.
-#[tokio::test]
-async fn a_removed_worker_registers_again_by_itself() {
-    let app = TestApp::spawn_with(fast_beats).await;
-    let client = Client::new(&app.base).unwrap();
-    let hb = start(&client, "gone", options()).await;
-    let first = hb.status().serial_number;
-    wait_status(&hb, "a heartbeat", |s| s.heartbeats >= 1).await;
-    let mut changes = hb.subscribe();
-    assert_eq!(app.delete("/api/workers/gone").await.status(), 200);
-
-    let again = tokio::time::timeout(WAIT, changes.wait_for(|s| s.registrations == 2))
-        .await
-        .expect("registered again")
-        .unwrap()
-        .clone();
-    assert_ne!(again.serial_number, first);
-    wait_status(&hb, "active again", |s| s.state == State::Active).await;
-    let w = worker_json(&app, "gone").await;
-    assert_eq!(w["serial_number"], again.serial_number.as_str());
-    assert_eq!(w["status"], "active");
-    let kinds: Vec<String> =
-        sqlx::query_scalar("SELECT kind FROM worker_events WHERE worker_name = 'gone' ORDER BY id")
-            .fetch_all(&app.pool)
-            .await
-            .unwrap();
-    assert_eq!(
-        kinds,
-        [
-            "registered",
-            "first_heartbeat",
-            "deregistered",
-            "re_registered",
-            "first_heartbeat"
-        ]
-    );
-    hb.shutdown().await.unwrap();
-    assert_eq!(worker_json(&app, "gone").await["status"], "deregistered");
 }
 
 /// An old process whose successor has come and gone hears that it was replaced (409), not
