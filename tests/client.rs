@@ -268,10 +268,11 @@ async fn a_lost_or_removed_worker_registers_again_by_itself() {
         (
             "lost",
             "DELETE FROM workers WHERE worker_name = 'lost'",
+            // The registry has no record of it any more: a first registration again.
             &[
                 "registered",
                 "first_heartbeat",
-                "re_registered",
+                "registered",
                 "first_heartbeat",
             ][..],
         ),
