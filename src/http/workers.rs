@@ -89,6 +89,23 @@ fn required(
     Ok(value)
 }
 
+/// A `serial_number` sent back by a client, when there is one, must be a serial number.
+fn check_serial(serial: Option<&str>) -> Result<(), ApiError> {
+    serial
+        .map(validate_serial_number)
+        .transpose()
+        .map(|_| ())
+        .map_err(|rule| ApiError::validation("serial_number", rule))
+}
+
+/// A warning per field the registry did not know and ignored; `known` lists the fields.
+fn ignored_fields(unknown: &BTreeMap<String, Value>, known: &str) -> Vec<String> {
+    unknown
+        .keys()
+        .map(|field| format!("unknown field {field:?} ignored (the fields are {known})"))
+        .collect()
+}
+
 /// Registers a worker (a new deployment with a new serial number).
 #[utoipa::path(
     post,
@@ -111,16 +128,10 @@ pub(crate) async fn register(
     let worker_type = required(req.worker_type, "worker_type", validate_worker_type)?;
     let api_url = required(req.api_url, "api_url", validate_api_url)?;
     let user_id = required(req.user_id, "user_id", validate_user_id)?;
-    let ignored: Vec<String> = req
-        .unknown
-        .keys()
-        .map(|field| {
-            format!(
-                "unknown field {field:?} ignored (the fields are name, worker_type, api_url, \
-                 user_id and metadata)"
-            )
-        })
-        .collect();
+    let ignored = ignored_fields(
+        &req.unknown,
+        "name, worker_type, api_url, user_id and metadata",
+    );
 
     let outcome = state
         .db
@@ -231,27 +242,18 @@ pub(crate) async fn heartbeat(
     JsonBody(req): JsonBody<HeartbeatRequest>,
 ) -> Result<Json<HeartbeatAnswer>, ApiError> {
     let name = required(req.worker_name, "worker_name", validate_worker_name)?;
-    if let Some(serial) = &req.serial_number {
-        validate_serial_number(serial)
-            .map_err(|rule| ApiError::validation("serial_number", rule))?;
-    }
+    check_serial(req.serial_number.as_deref())?;
     if req.acked_commands.is_some() && req.serial_number.is_none() {
         return Err(ApiError::validation(
             "acked_commands",
             "requires serial_number (commands belong to one deployment)",
         ));
     }
-    let warnings = (!req.unknown.is_empty()).then(|| {
-        req.unknown
-            .keys()
-            .map(|field| {
-                format!(
-                    "unknown field {field:?} ignored (the fields are worker_name, \
-                     serial_number and acked_commands)"
-                )
-            })
-            .collect::<Vec<_>>()
-    });
+    let warnings = Some(ignored_fields(
+        &req.unknown,
+        "worker_name, serial_number and acked_commands",
+    ))
+    .filter(|w| !w.is_empty());
     let outcome = state
         .db
         .heartbeat(&name, req.serial_number.as_deref())
@@ -545,10 +547,7 @@ pub(crate) async fn deregister(
     WorkerNamePath(name): WorkerNamePath,
     ApiQuery(params): ApiQuery<DeregisterParams>,
 ) -> Result<Json<WorkerView>, ApiError> {
-    if let Some(serial) = &params.serial_number {
-        validate_serial_number(serial)
-            .map_err(|rule| ApiError::validation("serial_number", rule))?;
-    }
+    check_serial(params.serial_number.as_deref())?;
     match state
         .db
         .deregister(&name, params.serial_number.as_deref())
